@@ -1,0 +1,75 @@
+"""Target: a route's `target` URL, parsed once when the route is stored.
+
+Owns the rules of which targets the proxy can reach (CHP's schemes: http,
+https, http+unix, unix+http) and how their parts are used: the host:port to
+connect to (or the Unix socket path), the path and query prepended to
+forwarded requests, and the Host value used by --change-origin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+SCHEMES = ("http", "https", "http+unix", "unix+http")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class InvalidTarget(ValueError):
+    """The target string is not a URL the proxy can forward to."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    url: str  # as given
+    scheme: str  # "http", "https" or "unix" (both unix spellings)
+    host: str  # hostname ("" for unix); IPv6 without brackets
+    port: int  # 0 for unix
+    unix_path: str | None  # decoded socket path for unix targets
+    path: str  # target path ("" when the URL has none)
+    query: str  # target query without "?" ("" when none)
+    host_header: str  # host[:port] as --change-origin sends it (port omitted if default)
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def pool_key(self) -> tuple:
+        """Connections to targets with the same key are interchangeable."""
+        return (self.scheme, self.host, self.port, self.unix_path)
+
+
+def parse_target(url: str) -> Target:
+    """Parse a target URL; raise InvalidTarget with a message a user can act on."""
+    if not isinstance(url, str) or not url:
+        raise InvalidTarget("target must be a non-empty URL string")
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise InvalidTarget(f"invalid target URL {url!r}: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise InvalidTarget(
+            f"unsupported target scheme {parts.scheme + ':' if parts.scheme else '(none)'} in {url!r};"
+            " expected http, https, http+unix or unix+http"
+        )
+    path = parts.path
+    query = parts.query
+    if scheme in ("http+unix", "unix+http"):
+        netloc = parts.netloc
+        if not netloc:
+            raise InvalidTarget(f"unix target {url!r} has no socket path")
+        return Target(url, "unix", "", 0, unquote(netloc), path, query, "localhost")
+    try:
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError as e:
+        raise InvalidTarget(f"invalid target URL {url!r}: {e}") from None
+    if not host:
+        raise InvalidTarget(f"target URL {url!r} has no host")
+    default_port = _DEFAULT_PORTS[scheme]
+    real_port = port if port is not None else default_port
+    shown_host = f"[{host}]" if ":" in host else host
+    host_header = shown_host if real_port == default_port else f"{shown_host}:{real_port}"
+    return Target(url, scheme, host, real_port, None, path, query, host_header)
