@@ -18,6 +18,7 @@ from typing import Any
 
 from cfproxy.config import Config
 from cfproxy.metrics import Metrics
+from cfproxy.tls import build_tls
 
 
 class App:
@@ -34,5 +35,5 @@ class App:
         # Open tunnels (upgraded connections); each has `.close()`.
         self.tunnels: set = set()
         self.upstreams: Any = None  # cfproxy.proxy.upstream.UpstreamPools, set on first use
-        self.tls: Any = None  # cfproxy.tls.TLSContexts, set by server.py
+        self.tls = build_tls(config)  # cfproxy.tls.TLSContexts
         self.shutting_down = False
