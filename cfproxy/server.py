@@ -1,0 +1,482 @@
+"""Process wiring and lifecycle: event loop, listeners, pid file, signals, graceful shutdown.
+
+Owns everything between a finished Config and a running proxy, and back:
+
+    run(config) -> exit code        uvloop loop (asyncio if uvloop is missing), logging, App
+    await serve(app) -> exit code    start-up lines, listeners, pid file, wait for a signal, drain
+
+It never parses HTTP and never touches routes except adding --default-target
+at start-up. Start-up lines are CHP's (reference 1.7), on stdout, in CHP's order,
+ending with `Route added / -> T` (JupyterHub and CHP's tests wait for it).
+
+Deviations from CHP, all deliberate (reference 1.7/1.8, quirks Q8, Q22):
+- a listener that cannot bind is one error line and exit 1 (CHP keeps running without it);
+- a stale Unix socket file (nothing listening) is replaced; a live one is an error;
+  socket files we created are removed on exit;
+- SIGINT/SIGTERM stop accepting, let in-flight requests finish for up to
+  --shutdown-timeout ms, close tunnels, remove the pid file and exit 0 (CHP exits 2
+  at once); a second signal cuts the grace period short;
+- SIGHUP reloads the TLS certificates (CHP dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cfproxy.config import Config
+from cfproxy.log import log, setup_logging
+
+LISTEN_BACKLOG = 1024
+
+
+class ListenError(Exception):
+    """A listener could not be set up; the message is the one error line."""
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(config: Config, startup_warnings: Sequence[str] = ()) -> int:
+    """Run the proxy until SIGINT/SIGTERM; return the process exit code."""
+    setup_logging(config.log_level)
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_main(config, startup_warnings))
+    except KeyboardInterrupt:  # a SIGINT before the handlers were installed
+        log.warning("Interrupted")
+        return 0
+    finally:
+        try:
+            _cancel_all(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+async def _main(config: Config, startup_warnings: Sequence[str]) -> int:
+    from cfproxy.app import App
+
+    try:
+        app = App(config)
+    except Exception as e:  # noqa: BLE001 - e.g. a storage backend that fails to construct
+        if config.storage_backend:
+            log.error("--storage-backend %s: %s", config.storage_backend, e)
+        else:
+            log.error("Failed to start: %s", e, exc_info=True)
+        return 1
+    return await serve(app, startup_warnings=startup_warnings)
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+# --- listeners -------------------------------------------------------------------
+
+
+def _listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol] | None:
+    """The protocol factory for a listener kind; None when an optional module is missing."""
+    if kind == "proxy":
+        from cfproxy.proxy import make_proxy_protocol_factory
+
+        return make_proxy_protocol_factory(app)
+    if kind == "api":
+        from cfproxy.api.server import make_api_protocol_factory
+
+        return make_api_protocol_factory(app)
+    if kind == "metrics":
+        try:
+            from cfproxy.metrics_server import make_metrics_protocol_factory
+        except ImportError as e:
+            log.error("Metrics server unavailable (%s); --metrics-* ignored", e)
+            return None
+        return make_metrics_protocol_factory(app)
+    if kind == "redirect":
+        try:
+            from cfproxy.proxy.redirect import make_redirect_protocol_factory
+        except ImportError as e:
+            log.error("Redirect server unavailable (%s); --redirect-port ignored", e)
+            return None
+        return make_redirect_protocol_factory(app)
+    raise ValueError(kind)
+
+
+def _prepare_unix_path(path: str, flag: str) -> None:
+    """Q22: unlink a stale socket file nobody listens on; refuse a live one or a non-socket."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ListenError(f"cannot listen on {path} ({flag}): {e.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ListenError(f"cannot listen on {path} ({flag}): file exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        try:
+            os.unlink(path)  # stale: left behind by a process that died
+            log.info("Removed stale socket file %s", path)
+        except FileNotFoundError:
+            pass
+        return
+    except OSError:
+        # e.g. EAGAIN (backlog full) or a timeout: somebody is there
+        pass
+    finally:
+        probe.close()
+    raise ListenError(f"cannot listen on {path} ({flag}): another process is listening on it")
+
+
+def _bind_tcp(host: str | None, port: int, flag: str) -> list[socket.socket]:
+    """Bound, listening sockets for host:port. "" / None = every interface, dual stack."""
+    socks: list[socket.socket] = []
+    if not host:
+        try:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        except OSError:
+            s = None
+        if s is not None:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.bind(("::", port))
+                s.listen(LISTEN_BACKLOG)
+                s.setblocking(False)
+                return [s]
+            except OSError as e:
+                s.close()
+                if e.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                    raise ListenError(f"cannot listen on port {port} ({flag}): {e.strerror}") from None
+        host = "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ListenError(f"cannot listen on {host}:{port} ({flag}): {e.strerror}") from None
+    seen = set()
+    errors: list[str] = []
+    for family, type_, proto, _, addr in infos:
+        key = (family, addr[0])
+        if key in seen:
+            continue
+        seen.add(key)
+        s = socket.socket(family, type_, proto)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(addr)
+            s.listen(LISTEN_BACKLOG)
+            s.setblocking(False)
+        except OSError as e:
+            s.close()
+            shown = f"[{addr[0]}]:{port}" if family == socket.AF_INET6 else f"{addr[0]}:{port}"
+            # A name that also resolves to an address family this host lacks (localhost -> ::1
+            # without IPv6) is fine as long as one address binds.
+            if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) and len(infos) > 1:
+                errors.append(f"{shown}: {e.strerror}")
+                continue
+            for done in socks:
+                done.close()
+            raise ListenError(f"cannot listen on {shown} ({flag}): {e.strerror}") from None
+        socks.append(s)
+        if port == 0:
+            port = s.getsockname()[1]  # the same random port on every address
+    if not socks:
+        raise ListenError(f"cannot listen on {host}:{port} ({flag}): {'; '.join(errors)}")
+    return socks
+
+
+class Listeners:
+    """The servers we opened, and the Unix socket files to remove at the end."""
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.AbstractServer] = []
+        self.unix_paths: list[str] = []
+
+    async def open_tcp(self, factory: Callable, host: str | None, port: int, flag: str,
+                       ssl: Any = None) -> int:
+        loop = asyncio.get_running_loop()
+        socks = _bind_tcp(host, port, flag)
+        bound_port = socks[0].getsockname()[1]
+        for i, s in enumerate(socks):
+            try:
+                server = await loop.create_server(factory, sock=s, ssl=ssl, backlog=LISTEN_BACKLOG)
+            except Exception:
+                for rest in socks[i:]:
+                    rest.close()
+                raise
+            self.servers.append(server)
+        return bound_port
+
+    async def open_unix(self, factory: Callable, path: str, flag: str, ssl: Any = None) -> None:
+        loop = asyncio.get_running_loop()
+        _prepare_unix_path(path, flag)
+        try:
+            server = await loop.create_unix_server(factory, path, ssl=ssl, backlog=LISTEN_BACKLOG)
+        except OSError as e:
+            raise ListenError(f"cannot listen on {path} ({flag}): {e.strerror or e}") from None
+        self.servers.append(server)
+        self.unix_paths.append(path)
+
+    def close(self) -> None:
+        """Stop accepting (existing connections stay open)."""
+        for server in self.servers:
+            server.close()
+
+    def remove_socket_files(self) -> None:
+        for path in self.unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.unix_paths.clear()
+
+
+def _addr_text(port: Any, ip: Any) -> str:
+    """CHP's `[port, ip].join(":")`: port first, undefined ip -> empty (quirk Q19)."""
+    return f"{port}:{'' if ip is None else ip}"
+
+
+# --- the lifecycle -----------------------------------------------------------------
+
+
+async def serve(app: Any, startup_warnings: Sequence[str] = ()) -> int:
+    """Start every listener of `app`, serve until SIGINT/SIGTERM, drain, return the exit code."""
+    config: Config = app.config
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_uncaught_exception)
+
+    # CHP's start-up lines, step 2 (reference 1.7)
+    if config.auto_rewrite:
+        log.info("AutoRewrite of Location headers enabled.")
+    if config.change_origin:
+        log.info("Change Origin of host headers enabled.")
+    if config.protocol_rewrite:
+        log.info("ProtocolRewrite enabled. Rewriting to %s", config.protocol_rewrite)
+    if not config.auth_token:
+        log.warning("REST API is not authenticated.")
+
+    # step 3: the default route goes in before anything listens
+    if config.default_target:
+        log.info("Adding route / -> %s", config.default_target)
+        await _add_default_route(app, config.default_target)
+
+    for line in startup_warnings:
+        log.warning("%s", line)
+
+    listeners = Listeners()
+    pid_written = False
+    try:
+        redirect_port = await _open_listeners(app, listeners)
+        if config.pid_file:
+            log.info("Writing pid %s to %s", os.getpid(), config.pid_file)
+            _write_pid_file(config.pid_file)
+            pid_written = True
+        if config.default_target:
+            log.info("Route added / -> %s", config.default_target)
+        if redirect_port is not None:
+            log.info("Added HTTP to HTTPS redirection from %s to %s",
+                     redirect_port, _redirect_to(config))
+        stopping = _install_signal_handlers(app)
+        await stopping.first.wait()
+        await _shutdown(app, listeners, stopping)
+        return 0
+    except ListenError as e:
+        log.error("%s", e)
+        return 1
+    finally:
+        listeners.close()
+        listeners.remove_socket_files()
+        if pid_written:
+            log.debug("Removing %s", config.pid_file)
+            try:
+                os.unlink(config.pid_file)
+            except OSError:
+                pass
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.remove_signal_handler(sig)
+            except (ValueError, RuntimeError, NotImplementedError):
+                pass
+
+
+async def _add_default_route(app: Any, target: str) -> None:
+    data = {"target": target}
+    await app.store.add("/", data)
+    # A third-party store that does not own the table: mirror the write so the hot path sees it.
+    if app.table.get("/") is None:
+        app.table.add("/", dict(data))
+
+
+def _redirect_to(config: Config) -> Any:
+    return config.redirect_to if config.redirect_to else config.port
+
+
+async def _open_listeners(app: Any, listeners: Listeners) -> int | None:
+    """Open every listener and log where; returns the redirect server's port, if started."""
+    config: Config = app.config
+    tls = app.tls
+    public_scheme = "https" if tls.public is not None or config.public_tls else "http"
+    api_scheme = "https" if tls.api is not None or config.api_tls else "http"
+
+    proxy_factory = _listener_factory("proxy", app)
+    if config.socket:
+        await listeners.open_unix(proxy_factory, config.socket, "--socket", ssl=tls.public)
+        proxy_addr = config.socket
+    else:
+        await listeners.open_tcp(proxy_factory, config.ip, config.port, "--ip/--port", ssl=tls.public)
+        proxy_addr = _addr_text(config.port, config.ip)
+
+    api_factory = _listener_factory("api", app)
+    if config.api_socket:
+        await listeners.open_unix(api_factory, config.api_socket, "--api-socket", ssl=tls.api)
+        api_addr = config.api_socket
+    else:
+        await listeners.open_tcp(api_factory, config.api_ip, config.api_port,
+                                 "--api-ip/--api-port", ssl=tls.api)
+        api_addr = _addr_text(config.api_port, config.api_ip)
+
+    metrics_addr = None
+    if config.metrics_enabled:
+        factory = _listener_factory("metrics", app)
+        if factory is not None:
+            if config.metrics_socket:
+                await listeners.open_unix(factory, config.metrics_socket, "--metrics-socket")
+                metrics_addr = config.metrics_socket
+            else:
+                port = await listeners.open_tcp(factory, config.metrics_ip, config.metrics_port,
+                                                "--metrics-ip/--metrics-port")
+                metrics_addr = _addr_text(port, config.metrics_ip)
+
+    # CHP: no redirect server on a Unix socket or when the public port is 80
+    redirect_port = None
+    if config.redirect_port is not None and not config.socket and config.port != 80:
+        factory = _listener_factory("redirect", app)
+        if factory is not None:
+            redirect_port = await listeners.open_tcp(
+                factory, "", config.redirect_port, "--redirect-port")
+
+    log.info("Proxying %s://%s to %s", public_scheme, proxy_addr,
+             config.default_target or "(no default)")
+    log.info("Proxy API at %s://%s/api/routes", api_scheme, api_addr)
+    if metrics_addr is not None:
+        log.info("Serve metrics at http://%s/metrics", metrics_addr)
+    return redirect_port
+
+
+def _write_pid_file(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise ListenError(f"cannot write pid file {path} (--pid-file): {e.strerror}") from None
+
+
+class _Stopping:
+    def __init__(self) -> None:
+        self.first = asyncio.Event()  # first SIGINT/SIGTERM: drain
+        self.again = asyncio.Event()  # another one: stop draining now
+
+
+def _install_signal_handlers(app: Any) -> _Stopping:
+    loop = asyncio.get_running_loop()
+    stopping = _Stopping()
+
+    def on_stop(word: str) -> None:
+        log.warning("%s", word)
+        if stopping.first.is_set():
+            stopping.again.set()
+        stopping.first.set()
+
+    def on_hup() -> None:
+        log.info("SIGHUP received: reloading TLS certificates")
+        try:
+            app.tls.reload()
+        except Exception as e:  # noqa: BLE001 - keep serving with the old certificates
+            log.error("TLS reload failed, keeping the current certificates: %s", e)
+
+    loop.add_signal_handler(signal.SIGINT, on_stop, "Interrupted")
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "Terminated")
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    return stopping
+
+
+async def _shutdown(app: Any, listeners: Listeners, stopping: _Stopping) -> None:
+    """Stop accepting, let in-flight requests finish (bounded), then close everything."""
+    app.shutting_down = True
+    listeners.close()
+    listeners.remove_socket_files()
+    for conn in list(app.connections):
+        _call(conn, "close_when_idle")
+    grace = app.config.shutdown_timeout / 1000.0
+    deadline = time.monotonic() + grace
+    while app.connections and not stopping.again.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            await asyncio.wait_for(stopping.again.wait(), timeout=min(left, 0.02))
+        except asyncio.TimeoutError:
+            pass
+    if app.connections:
+        log.warning("Shutdown: closing %d connection(s) still busy", len(app.connections))
+        for conn in list(app.connections):
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abort()
+    for tunnel in list(app.tunnels):
+        _call(tunnel, "close")
+    upstreams = getattr(app, "upstreams", None)
+    if upstreams is not None:
+        _call(upstreams, "close")
+    store_close = getattr(app.store, "close", None)
+    if store_close is not None:
+        try:
+            res = store_close()
+            if asyncio.iscoroutine(res):
+                await asyncio.wait_for(res, timeout=2)
+        except Exception as e:  # noqa: BLE001
+            log.debug("store close: %s", e)
+    await asyncio.sleep(0)  # let transports flush their close
+
+
+def _call(obj: Any, method: str) -> None:
+    try:
+        getattr(obj, method)()
+    except Exception as e:  # noqa: BLE001 - one broken connection must not stop the shutdown
+        log.debug("%s.%s() failed during shutdown: %s", type(obj).__name__, method, e)
+
+
+def _uncaught_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """CHP's process-wide handler: log and keep running."""
+    exc = context.get("exception")
+    msg = str(exc) if exc is not None else context.get("message", "unknown error")
+    if exc is not None:
+        log.error("Uncaught Exception: %s", msg, exc_info=(type(exc), exc, exc.__traceback__))
+    else:
+        log.error("Uncaught Exception: %s", msg)
