@@ -1,0 +1,95 @@
+"""Route stores: where routes live (reference 8), and `load_store` to pick one.
+
+    store = load_store(config, table)
+
+- `config.storage_backend` None/"" -> MemoryStore(table), writing straight
+  into the RouteTable the proxy reads;
+- "package.module:Class" or "package.module.Class" -> import it and
+  instantiate `Class(config, table)` (a cfproxy.store.base.RouteStore);
+- "redis://..." -> cfproxy.store.redis.RedisStore(config, table) when that
+  module exists.
+
+Any failure raises StoreLoadError whose message names --storage-backend and
+the problem; the CLI prints it and exits 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from cfproxy.store.base import RouteStore, clean_path
+from cfproxy.store.memory import MemoryStore
+
+__all__ = ["MemoryStore", "RouteStore", "StoreLoadError", "clean_path", "load_store"]
+
+_REQUIRED = ("get", "get_target", "get_all", "add", "update", "remove", "clean_path")
+
+
+class StoreLoadError(ValueError):
+    """--storage-backend names something that cannot be loaded as a store."""
+
+
+def _import_class(spec: str) -> Any:
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+    elif "." in spec:
+        module_name, _, attr = spec.rpartition(".")
+    else:
+        module_name, attr = spec, ""
+    if not module_name:
+        raise StoreLoadError(f"--storage-backend {spec!r}: expected package.module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or module_name
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise StoreLoadError(
+                f"--storage-backend {spec!r}: Cannot find module {module_name!r}"
+            ) from None
+        raise StoreLoadError(
+            f"--storage-backend {spec!r}: importing {module_name!r} failed: {e}"
+        ) from None
+    except Exception as e:
+        raise StoreLoadError(
+            f"--storage-backend {spec!r}: importing {module_name!r} failed: {type(e).__name__}: {e}"
+        ) from None
+    if not attr:
+        raise StoreLoadError(
+            f"--storage-backend {spec!r}: name the store class as package.module:Class"
+        )
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise StoreLoadError(
+            f"--storage-backend {spec!r}: module {module_name!r} has no attribute {attr!r}"
+        ) from None
+
+
+def load_store(config: Any, table: Any) -> RouteStore:
+    """The store named by `config.storage_backend`, constructed over `table`."""
+    spec = getattr(config, "storage_backend", None)
+    if not spec:
+        return MemoryStore(table)
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            module = importlib.import_module("cfproxy.store.redis")
+        except ImportError as e:
+            raise StoreLoadError(f"--storage-backend {spec!r}: redis store unavailable: {e}") from None
+        cls = module.RedisStore
+    else:
+        cls = _import_class(spec)
+    if not callable(cls):
+        raise StoreLoadError(f"--storage-backend {spec!r}: {cls!r} is not a class")
+    try:
+        store = cls(config, table)
+    except Exception as e:
+        raise StoreLoadError(
+            f"--storage-backend {spec!r}: constructing the store failed: {type(e).__name__}: {e}"
+        ) from None
+    missing = [m for m in _REQUIRED if not callable(getattr(store, m, None))]
+    if missing:
+        raise StoreLoadError(
+            f"--storage-backend {spec!r}: store lacks required methods: {', '.join(missing)}"
+        )
+    return store
