@@ -1,29 +1,147 @@
 """Metrics: CHP's counters and summaries, bumped in place on the hot path.
 
-The hot path does `app.metrics.requests_web += 1` and
-`app.metrics.requests_proxy[status] += 1` — plain attribute and dict writes,
-nothing else. Exposition in the Prometheus text format with CHP's exact
-names (no `_total`, quantile summaries) lives in `metrics_server.py`.
+The hot path does `app.metrics.requests_web += 1`,
+`app.metrics.requests_proxy[status] += 1`, `app.metrics.find_target_for_req.observe(s)`
+and `app.metrics.observe_request(seconds, status)` — plain attribute, dict and list
+writes, nothing else. This module owns the numbers; exposition in the Prometheus text
+format with CHP's exact names (no `_total`, quantile summaries) lives in
+`metrics_server.py`, which reads them only when scraped.
+
+Summaries keep quantiles over the whole process lifetime (as prom-client does) with a
+merging t-digest: `observe()` appends to a buffer (O(1)); every `_BUFFER` observations
+the buffer is folded into at most ~`_COMPRESSION` centroids (a sort of a few
+thousand floats), so memory is bounded and the amortised cost per observation stays well under
+a microsecond. Accuracy is best at the tails, which is what p99/p99.9 need.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import defaultdict
+from itertools import accumulate
+from operator import mul
+
+_COMPRESSION = 200  # t-digest delta: at most ~this many centroids
+_BUFFER = 2048  # observations buffered before a merge
+
+# Quantiles CHP (prom-client) reports for every summary.
+SUMMARY_QUANTILES = (0.01, 0.05, 0.5, 0.9, 0.95, 0.99, 0.999)
+
+# cfproxy_request_duration_seconds buckets (upper bounds; +Inf implicit)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# status class index: 0 = unknown/other, 1..5 = 1xx..5xx
+STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class Summary:
-    """A lifetime quantile summary (placeholder: keeps sum/count; quantiles added by the exporter)."""
+    """A lifetime quantile summary: `sum`, `count`, and `quantile(q)` from a t-digest."""
 
-    __slots__ = ("sum", "count", "_samples")
+    __slots__ = ("sum", "count", "_buf", "_means", "_weights", "_min", "_max")
 
     def __init__(self) -> None:
         self.sum = 0.0
         self.count = 0
-        self._samples: list[float] = []
+        self._buf: list[float] = []
+        self._means: list[float] = []  # centroids, sorted by mean
+        self._weights: list[float] = []
+        self._min = float("inf")
+        self._max = float("-inf")
 
     def observe(self, value: float) -> None:
         self.sum += value
         self.count += 1
+        buf = self._buf
+        buf.append(value)
+        if len(buf) >= _BUFFER:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Fold the buffer into the centroids (merging t-digest, k1 scale function).
+
+        k1(q) = delta/(2 pi) * asin(2q - 1); one centroid spans at most one unit of k,
+        which bounds the count by ~delta and keeps singletons at the tails. Boundaries
+        are found by bisecting cumulative weights, so the per-point work is C-level
+        sort/accumulate and the Python loop runs once per centroid, not per point.
+        """
+        buf = self._buf
+        if not buf:
+            return
+        self._buf = []
+        buf.sort()
+        if buf[0] < self._min:
+            self._min = buf[0]
+        if buf[-1] > self._max:
+            self._max = buf[-1]
+        # merge the (few) centroids into the sorted buffer by bisection: C-level slices
+        ms: list[float] = []
+        ws: list[float] = []
+        prev = 0
+        for m, w in zip(self._means, self._weights, strict=True):
+            i = bisect.bisect_right(buf, m, prev)
+            ms += buf[prev:i]
+            ws += [1.0] * (i - prev)
+            ms.append(m)
+            ws.append(w)
+            prev = i
+        ms += buf[prev:]
+        ws += [1.0] * (len(buf) - prev)
+        cum_w = list(accumulate(ws))
+        cum_mw = list(accumulate(map(mul, ms, ws)))
+        total = cum_w[-1]
+        k_norm = _COMPRESSION / (2.0 * math.pi)
+        half_pi = math.pi / 2.0
+        means: list[float] = []
+        weights: list[float] = []
+        n = len(cum_w)
+        start = 0
+        before_w = before_mw = 0.0
+        while start < n:
+            k_hi = math.asin(2.0 * before_w / total - 1.0) + 1.0 / k_norm
+            limit = total if k_hi >= half_pi else (math.sin(k_hi) + 1.0) / 2.0 * total
+            end = bisect.bisect_right(cum_w, limit * (1.0 + 1e-12), start)
+            if end <= start:
+                end = start + 1
+            w = cum_w[end - 1] - before_w
+            means.append((cum_mw[end - 1] - before_mw) / w)
+            weights.append(w)
+            before_w, before_mw = cum_w[end - 1], cum_mw[end - 1]
+            start = end
+        self._means, self._weights = means, weights
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile of everything observed so far; 0 when nothing was (as prom-client)."""
+        self._merge()
+        means, weights = self._means, self._weights
+        if not means:
+            return 0.0
+        if len(means) == 1:
+            return means[0]
+        total = sum(weights)
+        target = q * total
+        # centroid i covers [cum, cum + w); its mean sits at its centre
+        cum = 0.0
+        prev_centre, prev_mean = 0.0, self._min
+        for m, w in zip(means, weights, strict=True):
+            centre = cum + w / 2.0
+            if target < centre:
+                if centre == prev_centre:
+                    return m
+                frac = (target - prev_centre) / (centre - prev_centre)
+                return prev_mean + frac * (m - prev_mean)
+            prev_centre, prev_mean = centre, m
+            cum += w
+        # beyond the last centre: interpolate towards the maximum
+        if total == prev_centre:
+            return self._max
+        frac = (target - prev_centre) / (total - prev_centre)
+        return prev_mean + frac * (self._max - prev_mean)
+
+    def centroid_count(self) -> int:
+        """Centroids held (bounded memory check for tests)."""
+        self._merge()
+        return len(self._means)
 
 
 class Metrics:
@@ -41,3 +159,16 @@ class Metrics:
         # cfproxy additions
         self.bytes_in = 0  # from clients
         self.bytes_out = 0  # to clients
+        # request latency histogram: per status class, non-cumulative bucket counts
+        # (last slot = +Inf) and the sum of observed seconds
+        n = len(LATENCY_BUCKETS) + 1
+        self.request_latency_counts: list[list[int]] = [[0] * n for _ in STATUS_CLASSES]
+        self.request_latency_sums: list[float] = [0.0] * len(STATUS_CLASSES)
+
+    def observe_request(self, seconds: float, status: int) -> None:
+        """Record one proxied request's duration (head in -> response end) by status class."""
+        cls = status // 100
+        if cls < 1 or cls > 5:
+            cls = 0
+        self.request_latency_counts[cls][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.request_latency_sums[cls] += seconds
