@@ -1,0 +1,453 @@
+"""REST API semantics: dispatch, authentication and the /api/routes handlers.
+
+Owns everything the API decides, sans I/O (api/server.py owns the sockets):
+
+    outcome = preflight(app, method, target, headers, peer)   # steps 1-6 of reference 2.2
+    if isinstance(outcome, ApiResponse): answer it now, never read the body
+    else: response = await outcome.run(body)                     # after the body arrived
+
+Dispatch order (reference 2.2 with quirk Q2 fixed):
+1. pathname of the request-target, WHATWG style (dot segments, "\\" -> "/");
+2. `^/api/routes(/.*)?$` on the pathname, else 404 `Not Found`;
+3. method not GET/POST/DELETE -> 405 `Method not supported` (before auth, as CHP);
+4. decodeURIComponent of the captured path; malformed -> 400 `Invalid URL escape` (Q3 fix);
+5. authentication (`token\\s+(\\S+)`, constant-time compare) -> 403, *before* the body is read;
+6. the handler, with the (bounded) body; a bad body with a valid token is 400.
+
+Responses are values (ApiResponse); logs and metrics follow reference 6 and 7.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hmac
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_tz
+from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
+
+import orjson
+
+from cfproxy.log import log
+from cfproxy.routing.target import InvalidTarget, parse_target
+from cfproxy.store.base import to_timestamp
+from cfproxy.store.sync import mirror_add, mirror_remove
+
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+
+
+class ApiResponse:
+    """A response to send: status, body, content type, and the text for the access line."""
+
+    __slots__ = ("status", "body", "content_type", "log_msg")
+
+    def __init__(self, status: int, body: bytes = b"", content_type: str | None = None,
+                 log_msg: str = "") -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.log_msg = log_msg
+
+    def __repr__(self) -> str:
+        return f"<ApiResponse {self.status} {self.body[:60]!r}>"
+
+
+def fail(status: int, msg: str) -> ApiResponse:
+    """CHP's `fail()`: a text body, also used as the access-line message."""
+    return ApiResponse(status, msg.encode("utf-8"), TEXT, msg)
+
+
+NOT_FOUND = ApiResponse(404, b"Not Found", TEXT, "")  # CHP logs no message for this 404
+EMPTY_404 = ApiResponse(404)
+FORBIDDEN = ApiResponse(403)
+
+
+# --- 1. request-target -> pathname and query (WHATWG, relative to https://example.com/) --------
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_SPECIAL = ("http", "https", "ws", "wss", "ftp", "file")
+_SINGLE_DOT = frozenset((".", "%2e", "%2E"))
+_DOUBLE_DOT = frozenset(("..", ".%2e", ".%2E", "%2e.", "%2E.", "%2e%2e", "%2E%2E", "%2e%2E", "%2E%2e"))
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """(pathname, query) of a request-target as `new URL(target, "https://example.com")` gives.
+
+    Dot segments are resolved (also as %2e), "\\" counts as "/", an authority
+    (absolute-form, or a target starting with "//") is dropped. Percent escapes
+    are left as they are. The query excludes "?" and any fragment.
+    """
+    target = target.split("#", 1)[0]
+    path, sep, query = target.partition("?")
+    m = _SCHEME.match(path)
+    if m:
+        scheme = m.group(0)[:-1].lower()
+        rest = path[m.end():]
+        if scheme not in _SPECIAL:
+            return rest, query  # opaque path: never an API path
+        path = _drop_authority(rest.lstrip("/\\"))
+    else:
+        path = path.replace("\\", "/")
+        if path.startswith("//"):
+            path = _drop_authority(path.lstrip("/"))
+        elif not path.startswith("/"):
+            path = "/" + path  # relative to the base path "/"
+    path = path.replace("\\", "/")
+    return _remove_dot_segments(path), query
+
+
+def _drop_authority(rest: str) -> str:
+    rest = rest.replace("\\", "/")
+    slash = rest.find("/")
+    return "/" if slash < 0 else rest[slash:]
+
+
+def _remove_dot_segments(path: str) -> str:
+    if "." not in path:
+        return path
+    out: list[str] = []
+    segments = path[1:].split("/")
+    last = len(segments) - 1
+    for i, seg in enumerate(segments):
+        if seg in _DOUBLE_DOT:
+            if out:
+                out.pop()
+            if i == last:
+                out.append("")
+        elif seg in _SINGLE_DOT:
+            if i == last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
+
+
+# --- 4. decodeURIComponent ------------------------------------------------------------------
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+class InvalidEscape(ValueError):
+    pass
+
+
+def decode_uri_component(s: str) -> str:
+    """JS decodeURIComponent: every %XX decoded (incl. %2F), UTF-8 strictly; "+" kept."""
+    if "%" not in s:
+        return s
+    if _BAD_ESCAPE.search(s):
+        raise InvalidEscape(s)
+    try:
+        return unquote_to_bytes(s).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEscape(s) from None
+
+
+# --- 5. authentication ----------------------------------------------------------------------
+
+_TOKEN_RE = re.compile(rb"token\s+(\S+)")
+
+
+def token_ok(expected: str | None, authorization: bytes | None) -> bool:
+    """CHP's check: unanchored `token\\s+(\\S+)`, first match, compared in constant time."""
+    if not expected:
+        return True  # API not authenticated (warned at start-up)
+    if not authorization:
+        return False
+    m = _TOKEN_RE.search(authorization)
+    if m is None:
+        return False
+    return hmac.compare_digest(m.group(1), expected.encode("utf-8"))
+
+
+# --- inactive_since ---------------------------------------------------------------------------
+
+_ISO_RE = re.compile(
+    r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2}))?)?"
+    r"(?:[Tt ](?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:[.,](?P<f>\d+))?)?"
+    r"(?P<tz>[Zz]|[+-]\d{2}(?::?\d{2})?)?)?"
+)
+
+
+def parse_datestamp(value: str) -> int | None:
+    """Epoch milliseconds of an ISO 8601 or RFC 2822 date, or None (quirk Q5).
+
+    ISO: date-only forms are UTC, date-times without an offset are local time
+    (as JS Date.parse). RFC 2822 / RFC 1123: "Tue, 01 Jan 2030 00:00:00 GMT".
+    """
+    m = _ISO_RE.fullmatch(value)
+    if m is not None:
+        g = m.groupdict()
+        try:
+            frac = (g["f"] or "0")[:6].ljust(6, "0")
+            dt = datetime(int(g["y"]), int(g["m"] or 1), int(g["d"] or 1),
+                          int(g["H"] or 0), int(g["M"] or 0), int(g["S"] or 0), int(frac))
+        except ValueError:
+            return None
+        tz = g["tz"]
+        if g["H"] is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        elif tz is None:
+            dt = dt.astimezone()  # naive -> local time
+        elif tz in ("Z", "z"):
+            dt = dt.replace(tzinfo=timezone.utc)
+        else:
+            sign = -1 if tz[0] == "-" else 1
+            digits = tz[1:].replace(":", "")
+            hours, minutes = int(digits[:2]), int(digits[2:] or 0)
+            if hours > 23 or minutes > 59:
+                return None
+            dt = dt.replace(tzinfo=timezone(sign * timedelta(hours=hours, minutes=minutes)))
+        return math.floor(dt.timestamp() * 1000)
+    parts = parsedate_tz(value)
+    if parts is None:
+        return None
+    try:
+        datetime(*parts[:6])  # validates day/hour ranges
+    except ValueError:
+        return None
+    offset = parts[9] or 0
+    return (calendar.timegm(parts[:6] + (0, 0, 0)) - offset) * 1000
+
+
+def _inactive_since(query: str) -> tuple[int | None, ApiResponse | None]:
+    params: dict[str, str] = {}
+    for k, v in parse_qsl(query, keep_blank_values=True, errors="replace"):
+        params.setdefault(k, v)  # URLSearchParams.get: the first value
+    value = params.get("inactiveSince") or params.get("inactive_since")
+    if not value:
+        return None, None
+    ms = parse_datestamp(value)
+    if ms is None:
+        return None, fail(400, f"Invalid datestamp '{value}' must be ISO8601.")
+    return ms, None
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+def iso_ms(ts: float) -> str:
+    """`YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC, exactly 3 fraction digits), as JS Date.toISOString."""
+    ms = math.floor(ts * 1000)
+    secs, frac = divmod(ms, 1000)
+    t = time.gmtime(secs)
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{frac:03d}Z")
+
+
+_MAX_SAFE = 2**53
+_I64 = 2**63
+
+
+def _js_number(v: Any) -> Any:
+    """A number as a JS double would print it: 2.5e10 -> 25000000000, 2**60+1 -> 2**60."""
+    if type(v) is float:
+        if v.is_integer() and abs(v) < _I64:
+            return int(v)
+        return v
+    if abs(v) > _MAX_SAFE:
+        f = float(v)
+        return int(f) if abs(f) < _I64 else f
+    return v
+
+
+def js_numbers(value: Any) -> Any:
+    """Normalise every number in a parsed JSON value in place (iterative: no recursion limit)."""
+    t = type(value)
+    if t is float or t is int:
+        return _js_number(value)
+    if t is not dict and t is not list:
+        return value
+    stack = [value]
+    while stack:
+        container = stack.pop()
+        items = container.items() if type(container) is dict else enumerate(container)
+        changes = []
+        for k, v in items:
+            tv = type(v)
+            if tv is float or (tv is int and abs(v) > _MAX_SAFE):
+                changes.append((k, _js_number(v)))
+            elif tv is dict or tv is list:
+                stack.append(v)
+        for k, v in changes:
+            container[k] = v
+    return value
+
+
+def _is_js_falsy(v: Any) -> bool:
+    # `JSON.parse(body) || {}`: null, false, 0, -0 and "" become {} ([] and {} are truthy)
+    return v is None or v is False or v == "" or (type(v) in (int, float) and v == 0)
+
+
+def _route_json(data: dict, last_activity: float | None) -> dict:
+    out = dict(data)
+    if last_activity is not None:
+        out["last_activity"] = iso_ms(last_activity)  # a posted key keeps its position
+    else:
+        out.pop("last_activity", None)
+    return out
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+class Prepared:
+    """A request that passed dispatch and auth; `run(body)` produces its response."""
+
+    __slots__ = ("handler", "app", "path", "query", "method", "log_path")
+
+    def __init__(self, handler: Callable[..., Awaitable[ApiResponse]], app: Any, path: str | None,
+                 query: str, method: str, log_path: str) -> None:
+        self.handler = handler
+        self.app = app
+        self.path = path
+        self.query = query
+        self.method = method
+        self.log_path = log_path
+
+    async def run(self, body: bytes) -> ApiResponse:
+        try:
+            return await self.handler(self.app, self.path, self.query, body)
+        except Exception as e:  # store failure: answer instead of hanging (2.9)
+            log.error("Error in handler for %s %s: %s", self.method, self.log_path, e,
+                      exc_info=True)
+            return fail(500, f"Internal Server Error: {type(e).__name__}")
+
+
+async def get_routes(app: Any, path: str | None, query: str, body: bytes) -> ApiResponse:
+    if path and path != "/":
+        return await get_route(app, path)
+    since, error = _inactive_since(query)
+    if error is not None:
+        return error
+    store = app.store
+    out: dict[str, dict] = {}
+    if getattr(store, "owns_table", False) and getattr(store, "table", None) is app.table:
+        # fast path: render straight from the table (no datetime round-trip per route)
+        for route in app.table:
+            la = route.last_activity
+            if since is None or math.floor(la * 1000) < since:
+                out[route.prefix] = _route_json(route.data, la)
+    else:
+        for prefix, data in (await store.get_all()).items():
+            la = to_timestamp(data.get("last_activity"))
+            if since is None or (la is not None and math.floor(la * 1000) < since):
+                out[prefix] = _route_json(data, la)
+    app.metrics.api_route_get += 1
+    return ApiResponse(200, _dumps(out), JSON)
+
+
+async def get_route(app: Any, path: str) -> ApiResponse:
+    store = app.store
+    if getattr(store, "owns_table", False) and getattr(store, "table", None) is app.table:
+        route = app.table.get(store.clean_path(path))
+        if route is None:
+            return EMPTY_404
+        return ApiResponse(200, _dumps(_route_json(route.data, route.last_activity)), JSON)
+    data = await store.get(store.clean_path(path))
+    if data is None:
+        return EMPTY_404
+    return ApiResponse(200, _dumps(_route_json(data, to_timestamp(data.get("last_activity")))), JSON)
+
+
+async def post_routes(app: Any, path: str | None, query: str, body: bytes) -> ApiResponse:
+    try:
+        data = orjson.loads(body.decode("utf-8", "replace"))
+    except orjson.JSONDecodeError as e:
+        return fail(400, f"Body not valid JSON: {e}")
+    if _is_js_falsy(data):
+        data = {}
+    data = js_numbers(data)
+    if type(data) is not dict or type(data.get("target")) is not str:
+        try:
+            shown = _dumps(data).decode()
+        except orjson.JSONEncodeError:
+            shown = "<too deeply nested>"
+        log.warning("Bad POST data: %s", shown)
+        return fail(400, "Must specify 'target' as string")
+    try:
+        _dumps(data)  # what is stored must render (orjson nests at most 254 levels)
+    except orjson.JSONEncodeError as e:
+        return fail(400, f"Body cannot be stored: {e}")
+    target = data["target"]
+    try:
+        parse_target(target)
+    except InvalidTarget as e:
+        return fail(400, f"Bad target: {e}")
+
+    store = app.store
+    path = store.clean_path(path or "/")
+    if app.config.host_routing and path != "/":
+        data["host"] = path.split("/")[1]
+    log.info("Adding route %s -> %s", path, target)
+    await store.add(path, data)
+    if not getattr(store, "owns_table", False):
+        now = time.time()
+        await store.update(path, {"last_activity": datetime.fromtimestamp(now, timezone.utc)})
+        mirror_add(store, app.table, path, data, now)
+    log.info("Route added %s -> %s", path, target)
+    app.metrics.api_route_add += 1
+    return ApiResponse(201)
+
+
+async def delete_routes(app: Any, path: str | None, query: str, body: bytes) -> ApiResponse:
+    path = path or "/"  # DELETE /api/routes deletes the root route (Q3 fix; CHP hangs)
+    store = app.store
+    if await store.get(path) is None:
+        status = 404
+    else:
+        log.info("Removing route %s", path)
+        await store.remove(path)
+        mirror_remove(store, app.table, store.clean_path(path))
+        status = 204
+    app.metrics.api_route_delete += 1
+    return ApiResponse(status)
+
+
+HANDLERS: dict[str, Callable[..., Awaitable[ApiResponse]]] = {
+    "GET": get_routes,
+    "POST": post_routes,
+    "DELETE": delete_routes,
+}
+
+
+def preflight(app: Any, method: str, target: str, authorization: bytes | None,
+              peer: Any = None) -> ApiResponse | Prepared:
+    """Dispatch steps 1-5 (everything before the body is read)."""
+    log_path = target.split("?", 1)[0]
+    pathname, query = split_target(target)
+    if pathname == "/api/routes":
+        raw_path = None
+    elif pathname.startswith("/api/routes/"):
+        raw_path = pathname[len("/api/routes"):]
+    else:
+        return NOT_FOUND
+    handler = HANDLERS.get(method)
+    if handler is None:
+        return fail(405, "Method not supported")
+    if raw_path is not None:
+        try:
+            raw_path = decode_uri_component(raw_path)
+        except InvalidEscape:
+            return fail(400, "Invalid URL escape")
+    if not token_ok(app.config.auth_token, authorization):
+        # never log the presented credential (CHP does)
+        log.debug("Rejecting API request from: %s", _peer_text(peer))
+        return FORBIDDEN
+    return Prepared(handler, app, raw_path, query, method, log_path)
+
+
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
+    return str(peer) if peer else "unix socket"
