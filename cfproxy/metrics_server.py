@@ -1,0 +1,414 @@
+"""The metrics listener: `/metrics` in the Prometheus text format, with CHP's exact names.
+
+    make_metrics_protocol_factory(app)   -> protocol factory for create_server / create_unix_server
+    render_metrics(app) -> bytes         the exposition text (exactly what a scrape returns)
+
+Behaviour (reference 6): raw request target exactly `/metrics` (no query, no trailing
+slash), any method -> 200 `text/plain; version=0.0.4; charset=utf-8`; anything else ->
+404 `Not Found` (no Content-Type, as CHP). Plain HTTP, no auth, keep-alive.
+
+Why our own exporter: `prometheus_client` appends `_total` to counters and adds
+`_created` series, and its Summary has no quantiles; CHP's dashboards key on prom-client's
+names (`requests_proxy{status="200"}`, `find_target_for_req{quantile="0.99"}`). So the
+text is written here, byte-compatible with prom-client's output for CHP's families:
+`# HELP`/`# TYPE` per family, families separated by one blank line, label-less counters
+print 0 from the start, labelled ones only HELP/TYPE until a label value exists, numbers
+in JavaScript's shortest form (`0.00001`, not `1e-05`).
+
+Order: prom-client's default `process_*` families (from /proc; the `nodejs_*` ones have no
+Python meaning and are absent), then CHP's families in CHP's registration order, then
+cfproxy's own (`cfproxy_*`, Prometheus-style names with `_total` on counters).
+
+This module also holds `SmallHTTPProtocol`, the tiny h11 server the metrics and the
+redirect listeners share: keep-alive, pipelining, backpressure, idle/request timeouts.
+It is not for the hot path (h11 costs ~25 us a request; these listeners see little traffic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import time
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+import h11
+
+from cfproxy.log import log
+from cfproxy.metrics import LATENCY_BUCKETS, STATUS_CLASSES, SUMMARY_QUANTILES, Summary
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+# --- number and label formatting ----------------------------------------------------
+
+
+def format_value(v: float) -> str:
+    """A sample value as JavaScript's Number#toString writes it (as prom-client does)."""
+    if isinstance(v, int):
+        return str(v)
+    if v != v:
+        return "NaN"
+    if v in (float("inf"), float("-inf")):
+        return "+Inf" if v > 0 else "-Inf"
+    if v.is_integer() and abs(v) < 1e21:
+        return str(int(v))
+    r = repr(v)
+    if "e" in r and 1e-7 <= abs(v) < 1e21:  # JS uses exponents only outside this range
+        r = format(Decimal(r), "f")
+    return r
+
+
+def _label_value(v: Any) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _family(name: str, help_text: str, kind: str, samples: Iterable[str]) -> str:
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n" + "".join(samples)
+
+
+def _counter(name: str, help_text: str, value: float) -> str:
+    return _family(name, help_text, "counter", [f"{name} {format_value(value)}\n"])
+
+
+def _gauge(name: str, help_text: str, value: float | None) -> str:
+    samples = [] if value is None else [f"{name} {format_value(value)}\n"]
+    return _family(name, help_text, "gauge", samples)
+
+
+def _labelled_counter(name: str, help_text: str, label: str, values: dict) -> str:
+    samples = [f'{name}{{{label}="{_label_value(k)}"}} {format_value(v)}\n'
+               for k, v in list(values.items())]
+    return _family(name, help_text, "counter", samples)
+
+
+def _summary(name: str, help_text: str, summary: Summary) -> str:
+    samples = [f'{name}{{quantile="{format_value(q)}"}} {format_value(summary.quantile(q))}\n'
+               for q in SUMMARY_QUANTILES]
+    samples.append(f"{name}_sum {format_value(summary.sum)}\n")
+    samples.append(f"{name}_count {summary.count}\n")
+    return _family(name, help_text, "summary", samples)
+
+
+def _histogram_by_class(name: str, help_text: str, counts: list[list[int]],
+                        sums: list[float]) -> str:
+    samples: list[str] = []
+    for idx, cls in enumerate(STATUS_CLASSES):
+        row = counts[idx]
+        total = sum(row)
+        if not total:
+            continue
+        cum = 0
+        for bound, n in zip(LATENCY_BUCKETS, row, strict=False):
+            cum += n
+            samples.append(f'{name}_bucket{{class="{cls}",le="{format_value(bound)}"}} {cum}\n')
+        samples.append(f'{name}_bucket{{class="{cls}",le="+Inf"}} {total}\n')
+        samples.append(f'{name}_sum{{class="{cls}"}} {format_value(sums[idx])}\n')
+        samples.append(f'{name}_count{{class="{cls}"}} {total}\n')
+    return _family(name, help_text, "histogram", samples)
+
+
+# --- process_* (prom-client's default metrics, Linux /proc) ---------------------------
+
+
+def _proc_status() -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmSize:", "VmData:")):
+                    key, rest = line.split(":", 1)
+                    out[key] = int(rest.split()[0]) * 1024  # kB
+    except OSError:
+        pass
+    return out
+
+
+def _start_time() -> float | None:
+    try:
+        with open("/proc/self/stat") as f:
+            stat = f.read()
+        starttime = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after comm
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return btime + starttime / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+_START_TIME = _start_time()
+if _START_TIME is None:  # no /proc: close enough, taken at import
+    _START_TIME = time.time()
+
+
+def _open_fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir held (prom-client)
+    except OSError:
+        return None
+
+
+def _process_families() -> list[str]:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = round(ru.ru_utime, 6), round(ru.ru_stime, 6)
+    status = _proc_status()
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fams = [
+        _counter("process_cpu_user_seconds_total", "Total user CPU time spent in seconds.", user),
+        _counter("process_cpu_system_seconds_total", "Total system CPU time spent in seconds.",
+                 system),
+        _counter("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
+                 round(user + system, 6)),
+        _gauge("process_start_time_seconds",
+               "Start time of the process since unix epoch in seconds.", round(_START_TIME)),
+    ]
+    if status:
+        fams += [
+            _gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
+                   status.get("VmRSS")),
+            _gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                   status.get("VmSize")),
+            _gauge("process_heap_bytes", "Process heap size in bytes.", status.get("VmData")),
+        ]
+    fds = _open_fds()
+    if fds is not None:
+        fams.append(_gauge("process_open_fds", "Number of open file descriptors.", fds))
+    if soft != resource.RLIM_INFINITY:
+        fams.append(_gauge("process_max_fds", "Maximum number of open file descriptors.", soft))
+    return fams
+
+
+# --- the exposition -----------------------------------------------------------------
+
+
+def _len_or_none(obj: Any) -> int | None:
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+def _idle_upstreams(app: Any) -> int:
+    pools = getattr(app, "upstreams", None)
+    fn = getattr(pools, "idle_count", None)
+    if fn is None:
+        return 0
+    try:
+        return int(fn())
+    except Exception:  # noqa: BLE001 - a scrape must never fail because of a pool
+        return 0
+
+
+def render_metrics(app: Any) -> bytes:
+    """The full exposition text for `app` (reference 6), as bytes."""
+    m = app.metrics
+    fams = _process_families()
+    fams += [
+        # CHP's families, in CHP's registration order (lib/metrics.js)
+        _counter("api_route_get", "Count of API route get requests", m.api_route_get),
+        _counter("api_route_add", "Count of API route add requests", m.api_route_add),
+        _counter("api_route_delete", "Count of API route delete requests", m.api_route_delete),
+        _summary("find_target_for_req", "Summary of find target requests",
+                 m.find_target_for_req),
+        _summary("last_activity_updating", "Summary of last activity updating requests",
+                 m.last_activity_updating),
+        _counter("requests_ws", "Count of websocket requests", m.requests_ws),
+        _counter("requests_web", "Count of web requests", m.requests_web),
+        _labelled_counter("requests_proxy", "Count of proxy requests", "status",
+                          m.requests_proxy),
+        _labelled_counter("requests_api", "Count of API requests", "status", m.requests_api),
+        # cfproxy's own
+        _gauge("cfproxy_open_connections", "Open client connections on the public listeners.",
+               len(app.connections)),
+        _gauge("cfproxy_open_tunnels", "Open upgraded (WebSocket) connections.",
+               len(app.tunnels)),
+        _gauge("cfproxy_upstream_idle_connections",
+               "Idle keep-alive connections held in the upstream pools.", _idle_upstreams(app)),
+        _gauge("cfproxy_routes", "Routes in the routing table.",
+               _len_or_none(getattr(app, "table", None))),
+        _counter("cfproxy_client_received_bytes_total",
+                 "Bytes received from clients on the public listeners.", m.bytes_in),
+        _counter("cfproxy_client_sent_bytes_total",
+                 "Bytes sent to clients on the public listeners.", m.bytes_out),
+        _histogram_by_class(
+            "cfproxy_request_duration_seconds",
+            "Proxied web request duration, request head to end of response, by status class.",
+            m.request_latency_counts, m.request_latency_sums),
+    ]
+    return "\n".join(fams).encode()
+
+
+# --- a small h11 server ----------------------------------------------------------------
+
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+class SmallHTTPProtocol(asyncio.Protocol):
+    """A minimal HTTP/1.1 server over h11 for low-traffic listeners.
+
+    Subclasses implement `handle(request) -> (status, headers, body)`; it is called once
+    the whole request (body discarded) has arrived. Adds Date and Content-Length, keeps
+    the connection alive, answers pipelined requests in order, stops reading while the
+    peer does not read, closes idle connections after `idle_timeout` and requests that
+    do not complete within `request_timeout`. Malformed requests get `bad_request()`'s
+    reply and the connection is closed.
+    """
+
+    idle_timeout = 5.0  # Node's keepAliveTimeout default, as CHP's metrics server
+    request_timeout = 60.0  # Node's headersTimeout default
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        self._request: h11.Request | None = None
+        self._paused = False  # peer not reading our replies: stop reading its requests
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_request = False
+
+    # subclass hooks ----------------------------------------------------------
+    def handle(self, request: h11.Request) -> Reply:
+        raise NotImplementedError
+
+    def bad_request(self, error: h11.RemoteProtocolError) -> Reply:
+        return 400, [], b"Bad Request"
+
+    # asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._arm(self.idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_request:
+            self._in_request = True
+            self._arm(self.request_timeout)
+        self.conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        self.conn.receive_data(b"")
+        self._process()
+        return None  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
+            self._process()
+
+    # internals ------------------------------------------------------------------
+    def _arm(self, seconds: float) -> None:
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(seconds, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def _process(self) -> None:
+        while self.transport is not None and not self._paused:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as e:
+                self._send_error(e)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._request = event
+            elif isinstance(event, h11.EndOfMessage):
+                self._respond()
+                if self.transport is None:
+                    return
+            elif isinstance(event, h11.ConnectionClosed):
+                self.transport.close()
+                return
+            # h11.Data: request bodies are read and dropped
+
+    def _respond(self) -> None:
+        request = self._request
+        assert request is not None and self.transport is not None
+        try:
+            status, headers, body = self.handle(request)
+        except Exception:  # noqa: BLE001 - one bad scrape must not kill the connection silently
+            log.exception("Error answering %s %s", request.method.decode(), request.target)
+            status, headers, body = 500, [], b"Internal Server Error"
+        head = h11.Response(status_code=status, reason=_reason(status), headers=[
+            *headers,
+            (b"Date", formatdate(usegmt=True).encode()),
+            (b"Content-Length", str(len(body)).encode()),
+        ])
+        out = [self.conn.send(head)]
+        if body and request.method != b"HEAD":
+            out.append(self.conn.send(h11.Data(data=body)))
+        out.append(self.conn.send(h11.EndOfMessage()))
+        self.transport.write(b"".join(x for x in out if x))
+        self._request = None
+        if self.conn.our_state is h11.MUST_CLOSE:
+            self.transport.close()
+            self.transport = None
+            return
+        self.conn.start_next_cycle()
+        self._in_request = bool(self.conn.trailing_data[0])
+        self._arm(self.request_timeout if self._in_request else self.idle_timeout)
+
+    def _send_error(self, error: h11.RemoteProtocolError) -> None:
+        assert self.transport is not None
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            status, headers, body = self.bad_request(error)
+            head = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
+            head += [k + b": " + v + b"\r\n" for k, v in headers]
+            head.append(b"Date: " + formatdate(usegmt=True).encode() + b"\r\n")
+            head.append(b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+            self.transport.write(b"".join(head) + body)
+        self.transport.close()
+        self.transport = None
+
+
+# --- the metrics listener ------------------------------------------------------------------
+
+
+class MetricsProtocol(SmallHTTPProtocol):
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+
+    def handle(self, request: h11.Request) -> Reply:
+        if request.target == b"/metrics":
+            return 200, [(b"Content-Type", CONTENT_TYPE)], render_metrics(self.app)
+        return 404, [], b"Not Found"
+
+
+def make_metrics_protocol_factory(app: Any) -> Callable[[], asyncio.Protocol]:
+    """Zero-arg protocol factory for the metrics listener (TCP or Unix socket)."""
+
+    def factory() -> asyncio.Protocol:
+        return MetricsProtocol(app)
+
+    return factory
