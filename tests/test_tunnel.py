@@ -320,3 +320,22 @@ def test_many_small_chunks_arrive_in_order(n):
         assert await backend.wait_for(len(expected)) == expected
         await cleanup()
     run(main())
+
+
+def test_activity_follows_a_route_replaced_under_the_same_prefix(monkeypatch):
+    monkeypatch.setattr(tunnel_mod, "ROUTE_RECHECK_SECONDS", 0.0)
+
+    async def main():
+        app, route, t, client, backend, cleanup = await _setup()
+        new_route = SimpleNamespace(prefix="/user/a", last_activity=0.0)
+        app.table = SimpleNamespace(get=lambda prefix: new_route if prefix == "/user/a" else None)
+        t.client_end.table = app.table
+        client.transport.write(b"x")
+        await backend.wait_for(1)
+        assert new_route.last_activity > 0
+        # a removed route (get -> None) keeps the tunnel on the route it has
+        app.table.get = lambda prefix: None
+        client.transport.write(b"y")
+        await backend.wait_for(2)
+        await cleanup()
+    run(main())

@@ -24,7 +24,8 @@ transports over (`transport.set_protocol`) and from then on:
   chunk (no store call, no I/O; the API renders it when asked). Target->client
   traffic (server pushes, pongs) and the handshake never do. Bytes of the
   client's first frame that arrived together with the request head (`to_upstream`)
-  count like any other client bytes.
+  count like any other client bytes. A route replaced under the same prefix
+  while the tunnel is open gets the activity from then on (CHP updates by prefix).
 - **Timeouts.** None. Reference 4.5/4.7: CHP sets the client socket timeout of an
   upgraded connection to 0, so `--timeout` never closes an idle WebSocket (issue 4
   says "`--timeout` applies to idle tunnels as in CHP", i.e. not at all). Jupyter
@@ -49,6 +50,9 @@ from cfproxy.log import log
 # How long a closing transport may take to flush what is still buffered for a
 # peer that stopped reading, before it is aborted.
 LINGER_SECONDS = 10.0
+# How often a tunnel checks that its Route object is still the one stored at its
+# prefix (a re-POST replaces the Route object).
+ROUTE_RECHECK_SECONDS = 1.0
 
 
 class _End(asyncio.Protocol):
@@ -81,16 +85,37 @@ class _End(asyncio.Protocol):
 class _ClientEnd(_End):
     """Reads the client; every chunk is activity on the route (Q16)."""
 
-    __slots__ = ("route",)
+    __slots__ = ("route", "table", "recheck_at")
 
-    def __init__(self, tunnel: Tunnel, transport: Any, peer: Any, metrics: Any, route: Any) -> None:
+    def __init__(self, tunnel: Tunnel, transport: Any, peer: Any, metrics: Any, route: Any,
+                 table: Any) -> None:
         super().__init__(tunnel, transport, peer, metrics)
         self.route = route
+        self.table = table
+        self.recheck_at = _time() + ROUTE_RECHECK_SECONDS
 
     def data_received(self, data: bytes) -> None:
         self.peer.write(data)
-        self.route.last_activity = _time()
+        now = _time()
+        self.route.last_activity = now
+        if now >= self.recheck_at:
+            self._recheck_route(now)
         self.metrics.bytes_in += len(data)
+
+    def _recheck_route(self, now: float) -> None:
+        """Follow a route that was replaced (re-POSTed) under the same prefix.
+
+        CHP updates activity by prefix through the store, so a replaced route
+        keeps receiving the activity of tunnels opened before the replacement; a
+        removed one receives none. Checked at most once per ROUTE_RECHECK_SECONDS.
+        """
+        self.recheck_at = now + ROUTE_RECHECK_SECONDS
+        if self.table is None:
+            return
+        current = self.table.get(self.route.prefix)
+        if current is not None and current is not self.route:
+            self.route = current
+            current.last_activity = now
 
 
 class _UpstreamEnd(_End):
@@ -115,7 +140,8 @@ class Tunnel:
         self.client = client_transport
         self.upstream = upstream_transport
         metrics = app.metrics
-        self.client_end = _ClientEnd(self, client_transport, upstream_transport, metrics, route)
+        self.client_end = _ClientEnd(self, client_transport, upstream_transport, metrics, route,
+                                     getattr(app, "table", None))
         self.upstream_end = _UpstreamEnd(self, upstream_transport, client_transport, metrics)
         self._linger: asyncio.TimerHandle | None = None
         self.closed = False  # close() was called or one side is gone: no way back
