@@ -292,13 +292,13 @@ def _merge_headers(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
 # --- values -------------------------------------------------------------------
 
 _JS_WS = " \t\n\r\v\f\u00a0\ufeff\u2028\u2029"
-_JS_INT = re.compile(r"([+-]?)(?:0[xX]([0-9a-fA-F]+)|([0-9]+))")
+_JS_INT = re.compile(r"([+-]?)(?:0[xX]([0-9a-fA-F]*)|([0-9]+))")
 
 
 def js_parse_int(value: str) -> int | None:
     """JavaScript `parseInt(value)`: leading digits (0x = hex), None for NaN."""
     m = _JS_INT.match(value.lstrip(_JS_WS))
-    if m is None:
+    if m is None or m.group(2) == "":  # "0x" with no hex digits is NaN
         return None
     n = int(m.group(2), 16) if m.group(2) is not None else int(m.group(3))
     return -n if m.group(1) == "-" else n
