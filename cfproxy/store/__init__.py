@@ -16,6 +16,7 @@ the problem; the CLI prints it and exits 1.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from cfproxy.store.base import RouteStore, clean_path
@@ -30,11 +31,20 @@ class StoreLoadError(ValueError):
     """--storage-backend names something that cannot be loaded as a store."""
 
 
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _import_class(spec: str) -> Any:
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
     elif "." in spec:
         module_name, _, attr = spec.rpartition(".")
+        if _is_module(spec):
+            module_name, attr = spec, ""  # "pkg.module" names a module, not a class
     else:
         module_name, attr = spec, ""
     if not module_name:
