@@ -200,6 +200,61 @@ class HeaderRewriter:
         return b"".join(out)
 
     # --- response ------------------------------------------------------------------------
+    def response_head(self, resp, req, no_body: bool, target: Target) -> tuple[bytes, int, bool]:
+        """(head bytes for the client, body mode, client connection stays open) per 4.3.
+
+        The status line and every header line are relayed as received; we add `Date`
+        when absent and `Connection` when absent (the client's own value, else
+        keep-alive for HTTP/1.1 / close for HTTP/1.0), and re-frame: a target body
+        without length becomes chunked for HTTP/1.1 clients; a chunked body is decoded
+        for HTTP/1.0 clients (close-delimited).
+        """
+        client11 = req.version == 11
+        if no_body:
+            mode = BODY_NONE
+        elif resp.chunked:
+            mode = BODY_CHUNKED if client11 else BODY_DECHUNK
+        elif resp.content_length is not None:
+            mode = BODY_LENGTH
+        else:
+            mode = BODY_RECHUNK if client11 else BODY_CLOSE
+        conn = resp.connection
+        add_conn = None
+        if conn is None:
+            conn = req.connection
+            if conn is None:
+                conn = b"keep-alive" if client11 else b"close"
+            add_conn = b"Connection: " + conn + b"\r\n"
+        keep_alive = req.keep_alive and mode < BODY_DECHUNK and not has_close(conn)
+        has_date = False
+        rewrite = self.rewrite_location and resp.status in REDIRECT_STATUSES
+        for name, _ in resp.headers:
+            if len(name) == 4 and name.lower() == b"date":
+                has_date = True
+                break
+        raw = resp.raw
+        if mode <= BODY_CHUNKED and not rewrite:
+            if has_date and add_conn is None:
+                return raw, mode, keep_alive
+            out = [raw[:-2]]
+        else:
+            out = [raw[: raw.index(b"\r\n") + 2]]
+            for name, value in resp.headers:
+                ln = name.lower()
+                if ln == b"transfer-encoding" and mode == BODY_DECHUNK:
+                    continue
+                if rewrite and ln == b"location":
+                    value = self.location(value, target, req.host)
+                out += (name, b": ", value, b"\r\n")
+            if mode == BODY_RECHUNK:
+                out.append(b"Transfer-Encoding: chunked\r\n")
+        if not has_date:
+            out.append(date_header())
+        if add_conn is not None:
+            out.append(add_conn)
+        out.append(b"\r\n")
+        return b"".join(out), mode, keep_alive
+
     def location(self, value: bytes, target: Target, client_host: bytes | None) -> bytes:
         """Location rewriting per 4.6 (caller checked the status and that a rewrite flag is on)."""
         try:
@@ -248,3 +303,19 @@ def _target_host(target: Target) -> str:
 
 
 REDIRECT_STATUSES = frozenset((201, 301, 302, 307, 308))
+
+# Response body modes for the client (ordered: modes >= BODY_DECHUNK end with a close).
+BODY_NONE = 0  # HEAD, 1xx, 204, 304
+BODY_LENGTH = 1  # Content-Length, relayed as received
+BODY_CHUNKED = 2  # chunked, relayed as received
+BODY_RECHUNK = 3  # target body ends at close; HTTP/1.1 client gets it chunked
+BODY_DECHUNK = 4  # chunked target body, HTTP/1.0 client: decoded, close-delimited
+BODY_CLOSE = 5  # target body ends at close; HTTP/1.0 client: close-delimited too
+
+
+def has_close(value: bytes) -> bool:
+    """Whether a Connection value lists the `close` token."""
+    v = value.lower()
+    if b"close" not in v:
+        return False
+    return any(t.strip() == b"close" for t in v.split(b","))

@@ -1,0 +1,866 @@
+"""ClientProtocol: one public client connection, from request head to response end.
+
+Owns the HTTP exchange on the public port (reference 3.1, 3.5, 4.1-4.5, 4.7, 4.10, 5.1):
+parse each request head (cfproxy.http.parser), answer /_chp_healthz, look the route up,
+send the rewritten head and the body bytes to an upstream connection (pooled or being
+opened), relay the response head (rewritten) and body bytes back, and decide per
+exchange whether both connections stay open. Errors before a response head get CHP's
+404/500/503 answers (cfproxy.http.errors); an upstream dying after the head aborts the
+client at once (Q14). Upgrades (WebSocket) are routed and forwarded here and handed to
+cfproxy.proxy.tunnel after the target's 101.
+
+Theory of operation. One request is in flight per connection at a time. An exchange is
+finished when both its request body was read to the end (`req_done`) and its response
+was written to the end (`resp_done`); only then is the next head parsed. Bytes arriving
+meanwhile (pipelined requests) wait in `buf`, and reading stops while `buf` is large.
+Request bodies are framed by Content-Length or ChunkedReader and each received `bytes`
+object is written to the upstream as is; the sink is the upstream transport, a pending
+list while the connection is being opened, or nothing once the request was answered
+locally (the body is then read and dropped, keeping the connection usable).
+
+Must not: await per request, log on success unless debug is on, copy body bytes, or touch
+a store (last_activity is a float written into the Route, 4.10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from cfproxy.http.errors import ErrorPages, response_bytes
+from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head, parse_response_head
+from cfproxy.http.urlpath import MalformedPath, forward_path, routing_path
+from cfproxy.log import debug_enabled, log
+from cfproxy.proxy.flow import CONNECTING, PEER_BUSY, QUEUED, Deadline, ReadGate
+from cfproxy.proxy.headers import (
+    BODY_CHUNKED,
+    BODY_CLOSE,
+    BODY_DECHUNK,
+    BODY_LENGTH,
+    BODY_NONE,
+    BODY_RECHUNK,
+    HeaderRewriter,
+    date_header,
+    host_routing_name,
+)
+from cfproxy.proxy.upstream import Dechunker, UpstreamPools, describe_error
+
+HEALTHZ = b"/_chp_healthz"
+HEALTHZ_BODY = b'{"status":"OK"}'
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+QUEUE_LIMIT = 64 * 1024  # pipelined bytes buffered before reading stops
+RESPONSE_HEAD_MAX = 64 * 1024
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+
+# connection states
+IDLE = 0  # between requests / reading a head
+ACTIVE = 1  # an exchange is in flight
+UPGRADING = 2  # an upgrade request waits for the target's 101
+CLOSED = 3
+
+# what the connection deadline is guarding
+T_KEEPALIVE, T_HEAD, T_ACTIVITY = 1, 2, 3
+
+
+class ProxyContext:
+    """Everything per app the protocols read, resolved once (attribute reads are cheaper
+    than walking app.config.x per request)."""
+
+    def __init__(self, app) -> None:
+        c = app.config
+        self.app = app
+        self.table = app.table
+        self.metrics = app.metrics
+        if app.upstreams is None:
+            app.upstreams = UpstreamPools(app)
+        self.pools: UpstreamPools = app.upstreams
+        self.rewriter = HeaderRewriter(c)
+        self.errors = ErrorPages(c, app.tls)
+        self.max_head = c.max_head_size
+        self.host_routing = c.host_routing
+        self.prepend_path = c.prepend_path
+        self.include_prefix = c.include_prefix
+        self.timeout = c.timeout / 1000.0 if c.timeout else 0.0
+        self.proxy_timeout = c.proxy_timeout / 1000.0 if c.proxy_timeout else 0.0
+        self.keep_alive_timeout = c.keep_alive_timeout / 1000.0
+        self.keep_alive_s = max(1, c.keep_alive_timeout // 1000)
+        self.header_timeout = c.header_timeout / 1000.0
+        self.debug = debug_enabled()
+        self.connections = app.connections
+
+
+def log_path(target: bytes) -> str:
+    """The request-target without its query, for log lines (reference 7)."""
+    i = target.find(b"?")
+    return (target if i < 0 else target[:i]).decode("latin-1")
+
+
+class ClientProtocol(asyncio.Protocol):
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        # --- connection ---
+        self.transport: asyncio.Transport | None = None
+        self.gate: ReadGate | None = None
+        self.deadline: Deadline | None = None
+        self.dkind = 0
+        self.pdeadline: Deadline | None = None  # --proxy-timeout
+        self.client_ip: bytes | None = None
+        self.tls = False
+        self.state = IDLE
+        self.buf = b""  # unparsed bytes (a partial head or pipelined requests)
+        self.keep_alive = True  # False: close after the current response
+        self.paused_by_client = False  # the client transport's write buffer is full
+        self.parsing = False  # inside the _parse loop
+        # --- current exchange ---
+        self.req = None
+        self.route = None
+        self.up = None  # UpstreamConnection
+        self.connecting: asyncio.Task | None = None
+        self.pending: list | None = None  # bytes for an upstream being opened
+        self.req_done = True
+        self.req_left = 0  # Content-Length body bytes still expected
+        self.req_chunks: ChunkedReader | None = None
+        self.resp_done = True
+        self.resp_buf = b""
+        self.resp_status = 0  # 0 = no response head yet
+        self.resp_mode = BODY_NONE
+        self.resp_left = 0
+        self.resp_chunks = None  # ChunkedReader or Dechunker
+        self.resp_keep = False  # client connection may stay open after this response
+        self.up_reusable = False
+        self.sent_upstream = b""  # the head sent, for the one retry on a stale pooled conn
+        self.retried = False
+        self.error_task: asyncio.Task | None = None
+        self.ws_buf: list[bytes] | None = None
+
+    # ================================================================ connection events
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        ctx = self.ctx
+        self.transport = transport
+        self.gate = ReadGate(transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.client_ip = str(peer[0]).encode("latin-1")
+        self.tls = transport.get_extra_info("sslcontext") is not None
+        ctx.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.deadline = Deadline(loop, self._on_deadline)
+        self.dkind = T_HEAD
+        self.deadline.set(ctx.header_timeout)
+        if ctx.proxy_timeout:
+            self.pdeadline = Deadline(loop, self._on_proxy_timeout)
+        if ctx.app.shutting_down:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.ctx.connections.discard(self)
+        if self.deadline is not None:
+            self.deadline.cancel()
+        if self.pdeadline is not None:
+            self.pdeadline.cancel()
+        up = self.up
+        if up is not None:  # client went away mid-exchange: the upstream request dies too
+            self.up = None
+            up.abort()
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        if self.error_task is not None:
+            self.error_task.cancel()
+            self.error_task = None
+        self.pending = None
+        self.buf = b""
+
+    def eof_received(self) -> bool:
+        # the client will send nothing more; finish the current response, then close
+        self.keep_alive = False
+        if self.state == IDLE or (self.state == ACTIVE and not self.req_done):
+            return False
+        return True
+
+    def pause_writing(self) -> None:  # the client reads slower than the target sends
+        self.paused_by_client = True
+        up = self.up
+        if up is not None:
+            up.gate.hold(PEER_BUSY)
+
+    def resume_writing(self) -> None:
+        self.paused_by_client = False
+        up = self.up
+        if up is not None:
+            up.gate.release(PEER_BUSY)
+
+    def close_when_idle(self) -> None:
+        """Graceful shutdown: close now if no request is in flight, else after it."""
+        self.keep_alive = False
+        if self.state == IDLE and self.transport is not None:
+            self.transport.close()
+
+    # ================================================================ client bytes
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == IDLE:
+            self._parse(self.buf + data if self.buf else data)
+        elif state == ACTIVE:
+            if not self.req_done:
+                if self.ctx.timeout:
+                    self.deadline.set(self.ctx.timeout)
+                self._request_body(data)
+            else:
+                self._queue(data)
+        elif state == UPGRADING:
+            self.ws_buf.append(data)
+            self.gate.hold(QUEUED)
+
+    def _queue(self, data: bytes) -> None:
+        buf = self.buf = self.buf + data if self.buf else data
+        if len(buf) > QUEUE_LIMIT:
+            self.gate.hold(QUEUED)
+
+    def _parse(self, buf: bytes) -> None:
+        """Parse and start the requests in `buf` while the connection is IDLE.
+
+        A loop, not recursion: requests answered locally (healthz, 404) finish inside
+        `_start`, and a client may pipeline thousands of them in one packet.
+        """
+        self.buf = buf
+        if self.parsing:
+            return  # the loop below (further up the stack) continues
+        ctx = self.ctx
+        self.parsing = True
+        try:
+            while self.state == IDLE and self.buf:
+                buf = self.buf
+                try:
+                    parsed = parse_request_head(buf, ctx.max_head)
+                except HTTPError as e:
+                    self.buf = b""
+                    self._reject(e.status, e.message)
+                    return
+                if parsed is None:
+                    if self.dkind != T_HEAD:
+                        self.dkind = T_HEAD
+                        self.deadline.set(ctx.header_timeout)
+                    return
+                req, consumed = parsed
+                self.buf = buf[consumed:] if consumed < len(buf) else b""
+                self._start(req)
+        finally:
+            self.parsing = False
+        if self.state == IDLE and self.dkind != T_KEEPALIVE:
+            self.dkind = T_KEEPALIVE
+            self.deadline.set(ctx.keep_alive_timeout)
+
+    def _reject(self, status: int, message: str) -> None:
+        """A request we cannot parse: answer with its 4xx/5xx and close (parser rule)."""
+        body = message.encode("latin-1", "replace")
+        self.transport.write(response_bytes(
+            status, [(b"Content-Type", b"text/plain; charset=utf-8")], body, False, 0,
+            date_header()))
+        self.state = CLOSED
+        self.transport.close()
+
+    # ================================================================ request start
+    def _start(self, req) -> None:
+        ctx = self.ctx
+        self.req = req
+        self.state = ACTIVE
+        self.route = None
+        self.resp_done = False
+        self.resp_status = 0
+        self.resp_buf = b""
+        self.retried = False
+        if not req.keep_alive:
+            self.keep_alive = False
+        # request body framing
+        if req.chunked:
+            self.req_chunks = ChunkedReader()
+            self.req_done = False
+        elif req.content_length:
+            self.req_chunks = None
+            self.req_left = req.content_length
+            self.req_done = False
+        else:
+            self.req_chunks = None
+            self.req_done = True
+        if ctx.timeout and req.upgrade is None:
+            self.dkind = T_ACTIVITY
+            self.deadline.set(ctx.timeout)
+        else:
+            self.dkind = 0
+            self.deadline.clear()
+
+        if req.upgrade is not None:
+            self._start_upgrade(req)
+            return
+        if req.target == HEALTHZ:
+            self._respond_local(200, [(b"Content-Type", b"application/json")], HEALTHZ_BODY)
+            self._after_head()
+            return
+        ctx.metrics.requests_web += 1
+        if req.expect_continue and not self.req_done:
+            self.transport.write(CONTINUE)
+        # route lookup (3.1)
+        t0 = time.perf_counter()
+        try:
+            key = routing_path(req.target)
+        except MalformedPath as e:
+            ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
+            self._proxy_error(500, f"URIError: {e}")
+            self._after_head()
+            return
+        if ctx.host_routing:
+            key = "/" + host_routing_name(req.host) + key
+        route = ctx.table.longest_match(key)
+        ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
+        if route is None:
+            self._proxy_error(404, "")
+            self._after_head()
+            return
+        self.route = route
+        target = route.target
+        if ctx.debug:
+            log.debug("PROXY WEB %s to %s", log_path(req.target), target.url)
+        try:
+            head = self._upstream_head(req, route, ws=False)
+        except Exception as e:  # noqa: BLE001 - CHP: any dispatch exception -> 500
+            self.route = None
+            self._proxy_error(500, f"Error: {e}")
+            self._after_head()
+            return
+        self._dispatch(head)
+        self._after_head()
+
+    def _upstream_head(self, req, route, ws: bool) -> bytes:
+        ctx = self.ctx
+        prefix = route.prefix
+        if ctx.host_routing and not ctx.include_prefix:
+            i = prefix.find("/", 1)
+            prefix = prefix[i:] if i > 0 else "/"
+        target = route.target
+        path = forward_path(req.target, prefix, target.path, target.query,
+                            ctx.prepend_path, ctx.include_prefix)
+        return ctx.rewriter.request_head(req, path, target, self.client_ip, self.tls, ws)
+
+    def _after_head(self) -> None:
+        """Feed the bytes that followed the head (body start or pipelined requests)."""
+        if self.state != ACTIVE:
+            return
+        buf = self.buf
+        if buf and not self.req_done:
+            self.buf = b""
+            self._request_body(buf)
+        elif len(buf) > QUEUE_LIMIT:
+            self.gate.hold(QUEUED)
+
+    # ================================================================ request body
+    def _request_body(self, data: bytes) -> None:
+        route = self.route
+        if route is not None:
+            route.last_activity = time.time()  # 4.10: every request-body chunk
+        chunks = self.req_chunks
+        if chunks is not None:
+            try:
+                n = chunks.feed(data)
+            except HTTPError as e:
+                self._body_error(e)
+                return
+        else:
+            left = self.req_left
+            if len(data) < left:
+                self.req_left = left - len(data)
+                n = -1
+            else:
+                self.req_left = 0
+                n = left
+        if n < 0:
+            self._to_upstream(data)
+            return
+        if n == len(data):
+            self._to_upstream(data)
+            rest = b""
+        else:
+            if n:
+                self._to_upstream(data[:n])
+            rest = data[n:]
+        self.req_done = True
+        if rest:
+            self._queue(rest)
+        if self.resp_done:
+            self._finish()
+
+    def _to_upstream(self, data: bytes) -> None:
+        up = self.up
+        if up is not None:
+            up.transport.write(data)
+            if self.pdeadline is not None:
+                self.pdeadline.set(self.ctx.proxy_timeout)
+        elif self.pending is not None:
+            self.pending.append(data)
+            self.gate.hold(CONNECTING)
+        # else: the request was answered already; the body is read and dropped
+
+    def _body_error(self, e: HTTPError) -> None:
+        """A malformed chunked request body: never let the rest reach anyone."""
+        self._drop_upstream(abort=True)
+        self.pending = None
+        if self.resp_status == 0 and not self.resp_done and self.error_task is None:
+            self.transport.write(response_bytes(
+                e.status, [(b"Content-Type", b"text/plain; charset=utf-8")],
+                e.message.encode("latin-1", "replace"), False, 0, date_header()))
+            self.transport.close()
+        else:
+            self.transport.abort()
+        self.state = CLOSED
+
+    # ================================================================ upstream dispatch
+    def _dispatch(self, head: bytes) -> None:
+        ctx = self.ctx
+        self.sent_upstream = head
+        if self.pdeadline is not None:
+            self.pdeadline.set(ctx.proxy_timeout)
+        up = ctx.pools.acquire(self.route.target)
+        if up is not None:
+            self._bind(up)
+            up.transport.write(head)
+            return
+        self.pending = [head]
+        self.gate.hold(CONNECTING)
+        self.connecting = ctx.pools.connect(self.route.target, self._connected)
+
+    def _bind(self, up) -> None:
+        self.up = up
+        up.owner = self
+        self.up_reusable = False
+        if self.paused_by_client:
+            up.gate.hold(PEER_BUSY)
+
+    def _connected(self, task: asyncio.Task) -> None:
+        if self.connecting is not task:  # client gone or request over: keep a fresh conn
+            if not task.cancelled() and task.exception() is None:
+                _, up = task.result()
+                self.ctx.pools.release(up)
+            return
+        self.connecting = None
+        exc = task.exception()
+        if exc is not None:
+            self.pending = None
+            self.gate.release(CONNECTING)
+            self._upstream_failed(exc)
+            return
+        _, up = task.result()
+        self._bind(up)
+        pending = self.pending
+        self.pending = None
+        if pending:
+            up.transport.writelines(pending)
+        self.gate.release(CONNECTING)
+
+    def _drop_upstream(self, abort: bool = False) -> None:
+        up = self.up
+        if up is not None:
+            self.up = None
+            if abort:
+                up.abort()
+            else:
+                up.close()
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        self.pending = None
+        self.gate.release(CONNECTING)
+        if self.pdeadline is not None:
+            self.pdeadline.clear()
+
+    # ================================================================ upstream events
+    def upstream_data(self, data: bytes) -> None:
+        if self.pdeadline is not None:
+            self.pdeadline.set(self.ctx.proxy_timeout)
+        if self.resp_status:
+            self._response_body(data)
+            return
+        buf = self.resp_buf + data if self.resp_buf else data
+        while True:
+            try:
+                parsed = parse_response_head(buf, RESPONSE_HEAD_MAX)
+            except HTTPError as e:
+                self.resp_buf = b""
+                self._drop_upstream(abort=True)
+                self._upstream_failed(None, f"Error: Parse Error: {e.message}")
+                return
+            if parsed is None:
+                self.resp_buf = buf
+                return
+            resp, consumed = parsed
+            buf = buf[consumed:]
+            status = resp.status
+            if 100 <= status < 200 and status != 101:
+                continue  # interim responses: the proxy answered 100 Continue itself
+            self.resp_buf = b""
+            if self.state == UPGRADING:
+                self._upgrade_response(resp, buf)
+                return
+            self._response_head(resp)
+            if buf and self.state == ACTIVE and not self.resp_done:
+                self._response_body(buf)
+            return
+
+    def _response_head(self, resp) -> None:
+        ctx = self.ctx
+        req = self.req
+        status = resp.status
+        self.resp_status = status
+        ctx.metrics.requests_proxy[status] += 1
+        no_body = req.method == b"HEAD" or status in (204, 304) or status < 200
+        head, mode, keep = ctx.rewriter.response_head(resp, req, no_body, self.route.target)
+        if ctx.timeout:
+            self.deadline.set(ctx.timeout)
+        self.resp_mode = mode
+        self.resp_keep = keep
+        if not no_body:
+            up_keep = resp.keep_alive
+        else:
+            conn = resp.connection
+            up_keep = resp.version == 11 and not (conn and b"close" in conn.lower())
+        self.up_reusable = up_keep and status != 101
+        self.transport.write(head)
+        if mode == BODY_NONE:
+            self._response_done()
+        elif mode == BODY_LENGTH:
+            self.resp_left = resp.content_length
+            if not self.resp_left:
+                self._response_done()
+        elif mode == BODY_CHUNKED:
+            self.resp_chunks = ChunkedReader()
+        elif mode == BODY_DECHUNK:
+            self.resp_chunks = Dechunker()
+
+    def _response_body(self, data: bytes) -> None:
+        if self.ctx.timeout:
+            self.deadline.set(self.ctx.timeout)
+        mode = self.resp_mode
+        write = self.transport.write
+        if mode == BODY_LENGTH:
+            left = self.resp_left
+            if len(data) < left:
+                self.resp_left = left - len(data)
+                write(data)
+                return
+            self.resp_left = 0
+            if len(data) == left:
+                write(data)
+            else:  # more than announced: the target is broken, do not reuse it
+                write(data[:left])
+                self.up_reusable = False
+            self._response_done()
+        elif mode == BODY_CHUNKED:
+            try:
+                n = self.resp_chunks.feed(data)
+            except HTTPError:
+                self._abort_exchange()
+                return
+            if n < 0:
+                write(data)
+                return
+            write(data if n == len(data) else data[:n])
+            if n != len(data):
+                self.up_reusable = False
+            self._response_done()
+        elif mode == BODY_RECHUNK:
+            if data:
+                self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        elif mode == BODY_DECHUNK:
+            try:
+                pieces, done = self.resp_chunks.feed(data)
+            except ValueError:
+                self._abort_exchange()
+                return
+            if pieces:
+                self.transport.writelines(pieces)
+            if done:
+                self.up_reusable = False
+                self._response_done()
+        else:  # BODY_CLOSE
+            write(data)
+
+    def upstream_lost(self, up, exc: Exception | None) -> None:
+        """The upstream connection closed (EOF, reset, error) while it served us."""
+        if up is not self.up:
+            return
+        self.up = None
+        if self.state == UPGRADING:
+            self._upgrade_failed(exc)
+            return
+        if not self.resp_status:
+            # before any response head: retry a stale pooled connection once, else 503
+            req = self.req
+            if (up.reused and not self.retried and not self.resp_buf and self.req_done
+                    and self.req_chunks is None and not req.content_length
+                    and req.method in IDEMPOTENT):
+                self.retried = True
+                self.pending = [self.sent_upstream]
+                self.gate.hold(CONNECTING)
+                self.connecting = self.ctx.pools.connect(self.route.target, self._connected)
+                return
+            self._upstream_failed(exc)
+            return
+        mode = self.resp_mode
+        if mode == BODY_RECHUNK and exc is None:
+            self.transport.write(b"0\r\n\r\n")
+            self.up_reusable = False
+            self._response_done()
+        elif mode == BODY_CLOSE and exc is None:
+            self.up_reusable = False
+            self._response_done()
+        elif not self.resp_done:
+            # died after the head was sent: the client must see the truncation (Q14)
+            self._abort_exchange()
+
+    def _abort_exchange(self) -> None:
+        self._drop_upstream(abort=True)
+        self.state = CLOSED
+        self.transport.abort()
+
+    def _on_proxy_timeout(self) -> None:
+        if self.state == UPGRADING or self.state != ACTIVE:
+            return
+        if self.resp_status:
+            self._abort_exchange()
+            return
+        self._drop_upstream(abort=True)
+        self._upstream_failed(None)
+
+    def _upstream_failed(self, exc: BaseException | None, message: str | None = None) -> None:
+        """No response head will come: answer 503 (reference 4.8)."""
+        if self.state == UPGRADING:
+            self._upgrade_failed(exc)
+            return
+        if self.state != ACTIVE or self.resp_done or self.error_task is not None:
+            return
+        route = self.route
+        self.route = None  # a 503 never counts as activity
+        msg = message or describe_error(exc, route.target)
+        self.pending = None
+        self.gate.release(CONNECTING)
+        self._proxy_error(503, msg)
+
+    # ================================================================ response end
+    def _response_done(self) -> None:
+        ctx = self.ctx
+        self.resp_done = True
+        self.resp_chunks = None
+        route = self.route
+        if route is not None:
+            if self.resp_status < 300:
+                route.last_activity = time.time()  # 4.10: response finished with status < 300
+            elif ctx.debug:
+                log.debug("Not recording activity for status %s on %s",
+                          self.resp_status, route.prefix)
+        if self.pdeadline is not None:
+            self.pdeadline.clear()
+        up = self.up
+        if up is not None:
+            self.up = None
+            if self.up_reusable and self.req_done:
+                ctx.pools.release(up)
+            else:
+                up.close()
+        if not self.resp_keep:
+            self.keep_alive = False
+        if self.req_done:
+            self._finish()
+        elif not self.keep_alive:
+            self._close()
+
+    def _finish(self) -> None:
+        """Both halves of the exchange are over: close, or go on with the next request."""
+        self.req = None
+        self.route = None
+        self.up_reusable = False
+        if not self.keep_alive or self.state != ACTIVE:
+            self._close()
+            return
+        self.state = IDLE
+        self.gate.release(QUEUED | CONNECTING)
+        if self.buf:
+            self._parse(self.buf)
+        elif self.dkind != T_KEEPALIVE:
+            self.dkind = T_KEEPALIVE
+            self.deadline.set(self.ctx.keep_alive_timeout)
+
+    def _close(self) -> None:
+        self.state = CLOSED
+        self._drop_upstream()
+        if self.transport is not None:
+            self.transport.close()
+
+    # ================================================================ local answers
+    def _respond_local(self, code: int, headers: list, body: bytes) -> None:
+        """Write a response the proxy generated; the exchange's response half is over."""
+        keep = self.keep_alive and self.req.keep_alive
+        self.transport.write(response_bytes(code, headers, body, keep,
+                                            self.ctx.keep_alive_s, date_header()))
+        self.resp_status = code
+        self.resp_done = True
+        self.resp_keep = keep
+        if not keep:
+            self.keep_alive = False
+        if self.req_done:
+            self._finish()
+
+    def _proxy_error(self, code: int, message: str) -> None:
+        """CHP's handleProxyError for web requests: count, log, answer with an error page."""
+        ctx = self.ctx
+        ctx.metrics.requests_proxy[code] += 1
+        req = self.req
+        log.error("%s %s %s %s", code, req.method.decode("latin-1"), log_path(req.target), message)
+        self.route = None
+        self.resp_status = code
+        errors = ctx.errors
+        if errors.error_target:
+            self.error_task = asyncio.get_running_loop().create_task(
+                self._error_from_target(code, req.target))
+            return
+        headers, body = errors.local_page(code)
+        self._respond_local(code, headers, body)
+
+    async def _error_from_target(self, code: int, raw_target: bytes) -> None:
+        headers, body = await self.ctx.errors.fetch(code, raw_target)
+        self.error_task = None
+        if self.state == ACTIVE and not self.resp_done:
+            self._respond_local(code, headers, body)
+
+    # ================================================================ timers
+    def _on_deadline(self) -> None:
+        kind = self.dkind
+        self.dkind = 0
+        if self.state == CLOSED or self.transport is None:
+            return
+        if kind == T_KEEPALIVE and self.state == IDLE:
+            self._close()
+        elif kind == T_HEAD and self.state == IDLE:
+            if self.buf:
+                self._reject(408, "Request Timeout: the request head took too long")
+            else:
+                self._close()
+        elif kind == T_ACTIVITY and self.state == ACTIVE:
+            # --timeout: inactivity during a web request; no response, nothing logged (4.7)
+            self._abort_exchange()
+
+    # ================================================================ upgrades (4.5)
+    def _start_upgrade(self, req) -> None:
+        ctx = self.ctx
+        ctx.metrics.requests_ws += 1
+        self.state = UPGRADING
+        self.ws_buf = []
+        if self.buf:
+            self.ws_buf.append(self.buf)
+            self.buf = b""
+        self.gate.hold(QUEUED)
+        try:
+            key = routing_path(req.target)
+        except MalformedPath as e:
+            self._ws_error(500, f"URIError: {e}")
+            return
+        if ctx.host_routing:
+            key = "/" + host_routing_name(req.host) + key
+        t0 = time.perf_counter()
+        route = ctx.table.longest_match(key)
+        ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
+        if route is None:
+            self._ws_error(404, "")
+            return
+        if req.method != b"GET" or req.upgrade != b"websocket":
+            self._close()  # as CHP: no response
+            return
+        self.route = route
+        if ctx.debug:
+            log.debug("PROXY WS %s to %s", log_path(req.target), route.target.url)
+        try:
+            head = self._upstream_head(req, route, ws=True)
+        except Exception as e:  # noqa: BLE001
+            self._ws_error(500, f"Error: {e}")
+            return
+        up = ctx.pools.acquire(route.target)
+        if up is not None:
+            self._bind(up)
+            up.transport.write(head)
+        else:
+            self.pending = [head]
+            self.connecting = ctx.pools.connect(route.target, self._ws_connected)
+
+    def _ws_connected(self, task: asyncio.Task) -> None:
+        if self.connecting is not task:
+            if not task.cancelled() and task.exception() is None:
+                task.result()[1].close()
+            return
+        self.connecting = None
+        exc = task.exception()
+        if exc is not None:
+            self.pending = None
+            self._upgrade_failed(exc)
+            return
+        _, up = task.result()
+        self._bind(up)
+        pending = self.pending
+        self.pending = None
+        up.transport.writelines(pending)
+
+    def _ws_error(self, code: int, message: str) -> None:
+        """Raw status line, then close (Q13 fixed: CHP leaves the socket open)."""
+        self.ctx.metrics.requests_proxy[code] += 1
+        req = self.req
+        log.error("%s %s %s %s", code, req.method.decode("latin-1"), log_path(req.target), message)
+        self.transport.write(b"HTTP/1.%d %d\r\nContent-Length: 0\r\n\r\n"
+                             % (req.version % 10, code))
+        self._close()
+
+    def _upgrade_failed(self, exc: BaseException | None) -> None:
+        if self.state != UPGRADING:
+            return
+        self._drop_upstream(abort=True)
+        route = self.route
+        self.route = None
+        self._ws_error(503, describe_error(exc, route.target) if route else "")
+
+    def _upgrade_response(self, resp, rest: bytes) -> None:
+        """The target answered the upgrade request."""
+        ctx = self.ctx
+        up = self.up
+        if resp.status != 101:
+            # relayed as a normal response, then the connection is closed (4.5)
+            self.state = ACTIVE
+            self.keep_alive = False
+            self.req_done = True
+            self.ws_buf = None
+            self._response_head(resp)
+            if rest and not self.resp_done:
+                self._response_body(rest)
+            return
+        from cfproxy.proxy.tunnel import open_tunnel
+
+        self.transport.write(resp.raw)
+        to_upstream = b"".join(self.ws_buf or ())
+        self.ws_buf = None
+        self.up = None
+        up.owner = None
+        self.state = CLOSED
+        ctx.connections.discard(self)
+        self.deadline.cancel()
+        if self.pdeadline is not None:
+            self.pdeadline.cancel()
+        self.gate.release_all()
+        up.gate.release_all()
+        open_tunnel(ctx.app, self.route, self.transport, up.transport, to_upstream, rest)
+        self.route = None
+
+
+def make_client_protocol_factory(app):
+    """A zero-argument factory of ClientProtocol for loop.create_server."""
+    ctx = ProxyContext(app)
+
+    def factory() -> ClientProtocol:
+        return ClientProtocol(ctx)
+
+    return factory

@@ -1,0 +1,240 @@
+"""Upstream connections to targets and their keep-alive pools (reference 4.4, 4.8, 4.9).
+
+Owns the sockets to targets:
+
+- `UpstreamConnection`, the asyncio.Protocol of one connection to a target. It has no
+  HTTP logic: while it serves a request it hands every event to its `owner` (the
+  ClientProtocol whose request it carries: `upstream_data`, `upstream_lost`, and the
+  backpressure pair); while idle in the pool, any byte or EOF from the target closes it.
+- `UpstreamPools`, one idle list per `Target.pool_key`, LIFO reuse, at most
+  `MAX_IDLE_PER_KEY` idle connections per key, no idle timeout of its own (as CHP/Node:
+  idle connections live until the target closes them, which we notice at once because
+  idle connections keep reading). A connection returns to its pool only after its
+  response was framed to the end (the client protocol decides, `release`).
+- `connect()`: opening a new connection (TCP, TLS with SNI = target host and
+  `app.tls.client_context()` so --insecure/--client-ssl-* apply, or a Unix socket) as
+  a task whose completion calls back; the request path never awaits.
+
+Unix-socket targets are pooled like TCP ones (CHP sends `connection: close` to them and
+never reuses; pooling is safe for HTTP/1.1 servers and saves a connect per request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ssl
+from collections.abc import Callable
+
+from cfproxy.proxy.flow import PEER_BUSY, ReadGate
+from cfproxy.routing.target import Target
+
+MAX_IDLE_PER_KEY = 256  # Node's default maxFreeSockets for CHP's keep-alive agent
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to a target; forwards its events to the current owner."""
+
+    __slots__ = ("pools", "key", "transport", "gate", "owner", "alive", "reused")
+
+    def __init__(self, pools: UpstreamPools, key: tuple) -> None:
+        self.pools = pools
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.gate: ReadGate | None = None
+        self.owner = None  # the ClientProtocol using it; None while idle or dead
+        self.alive = False
+        self.reused = False  # taken from the pool (a failure then allows one retry)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.gate = ReadGate(transport)
+        self.alive = True
+
+    def data_received(self, data: bytes) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.upstream_data(data)
+        else:  # bytes nobody asked for: the connection is not reusable
+            self.alive = False
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # close; connection_lost tells the owner
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        owner = self.owner
+        if owner is not None:
+            self.owner = None
+            owner.upstream_lost(self, exc)
+        else:
+            self.pools.discard(self)
+
+    # backpressure: the target reads slower than the client sends
+    def pause_writing(self) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.gate.hold(PEER_BUSY)
+
+    def resume_writing(self) -> None:
+        owner = self.owner
+        if owner is not None:
+            owner.gate.release(PEER_BUSY)
+
+    def close(self) -> None:
+        self.alive = False
+        self.owner = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.alive = False
+        self.owner = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamPools:
+    """Idle keep-alive connections per target, LIFO, plus connection opening."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.idle: dict[tuple, list[UpstreamConnection]] = {}
+        self.closed = False
+
+    def acquire(self, target: Target) -> UpstreamConnection | None:
+        """A live idle connection to `target`, or None (then `connect`)."""
+        lst = self.idle.get(target.pool_key)
+        while lst:
+            conn = lst.pop()
+            if conn.alive and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Put a connection whose response ended cleanly back into its pool."""
+        conn.owner = None
+        if not conn.alive or self.closed or conn.transport.is_closing():
+            conn.close()
+            return
+        conn.gate.release_all()  # idle connections read, so a close by the target is seen
+        lst = self.idle.get(conn.key)
+        if lst is None:
+            lst = self.idle[conn.key] = []
+        lst.append(conn)
+        if len(lst) > MAX_IDLE_PER_KEY:
+            lst.pop(0).close()
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        lst = self.idle.get(conn.key)
+        if lst:
+            try:
+                lst.remove(conn)
+            except ValueError:
+                pass
+            if not lst:
+                del self.idle[conn.key]
+
+    def connect(self, target: Target,
+                done: Callable[[asyncio.Task], None]) -> asyncio.Task:
+        """Start opening a connection to `target`; `done(task)` runs when it finished."""
+        loop = asyncio.get_running_loop()
+        key = target.pool_key
+
+        def factory() -> UpstreamConnection:
+            return UpstreamConnection(self, key)
+
+        if target.scheme == "unix":
+            coro = loop.create_unix_connection(factory, target.unix_path)
+        elif target.tls:
+            coro = loop.create_connection(factory, target.host, target.port,
+                                          ssl=self.app.tls.client_context(),
+                                          server_hostname=target.host)
+        else:
+            coro = loop.create_connection(factory, target.host, target.port)
+        task = loop.create_task(coro)
+        task.add_done_callback(done)
+        return task
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self.idle.values())
+
+    def close(self) -> None:
+        """Close every idle connection (shutdown)."""
+        self.closed = True
+        for lst in self.idle.values():
+            for conn in lst:
+                conn.close()
+        self.idle.clear()
+
+
+def describe_error(exc: BaseException | None, target: Target) -> str:
+    """A Node-style message for a failed upstream, for the `503 GET /p <msg>` log line."""
+    if exc is None:
+        return "socket hang up"
+    where = target.unix_path if target.scheme == "unix" else f"{target.host}:{target.port}"
+    if isinstance(exc, ssl.SSLError):
+        return f"Error: {getattr(exc, 'verify_message', None) or exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.errno:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        if name == "ECONNRESET":
+            return "read ECONNRESET"
+        if name in ("ECONNREFUSED", "EHOSTUNREACH", "ETIMEDOUT"):
+            return f"connect {name} {where}"
+        return f"Error: connect {name} {where}"
+    if isinstance(exc, ConnectionResetError):
+        return "read ECONNRESET"
+    return f"Error: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
+
+
+class Dechunker:
+    """Incremental decoder of a chunked body, for HTTP/1.0 clients of chunked targets.
+
+    `feed(data) -> (payload: list[bytes], done: bool)`. Rare path (1.0 clients), so
+    plain and byte-range based. Trailers are dropped. Raises ValueError on bad framing.
+    """
+
+    __slots__ = ("state", "left", "line")
+
+    def __init__(self) -> None:
+        self.state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers, 4 done
+        self.left = 0
+        self.line = b""
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bool]:
+        out: list[bytes] = []
+        i, n = 0, len(data)
+        while i < n and self.state != 4:
+            if self.state == 1:
+                take = min(self.left, n - i)
+                out.append(data[i:i + take])
+                i += take
+                self.left -= take
+                if not self.left:
+                    self.state = 2
+                    self.line = b""
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                if len(self.line) > 8192:
+                    raise ValueError("chunk line too long")
+                break
+            line = (self.line + data[i:j]).rstrip(b"\r")
+            self.line = b""
+            i = j + 1
+            if self.state == 0:
+                size = int(line.split(b";")[0].strip(), 16)
+                if size:
+                    self.left, self.state = size, 1
+                else:
+                    self.state = 3
+            elif self.state == 2:
+                if line:
+                    raise ValueError("missing CRLF after chunk data")
+                self.state = 0
+            elif self.state == 3 and not line:
+                self.state = 4
+        return out, self.state == 4
