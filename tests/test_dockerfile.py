@@ -366,3 +366,28 @@ def test_entrypoint_refuses_an_unreadable_token_file(shell, fake_bin, tmp_path, 
     assert out == ""
     assert "CONFIGPROXY_AUTH_TOKEN_FILE" in err and str(path) in err
     assert len(err.strip().splitlines()) == 1
+
+
+# --- the image is configured by flags: docs/flags.md must list exactly the real ones -----
+
+
+def help_flags() -> set[str]:
+    r = subprocess.run([sys.executable, "-m", "cfproxy", "--help"], capture_output=True,
+                       text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return set(re.findall(r"^\s+(?:-\w, )?(--[a-z0-9-]+)", r.stdout, re.M))
+
+
+def documented_flags() -> set[str]:
+    text = (ROOT / "docs" / "flags.md").read_text()
+    return set(re.findall(r"^\| `(?:-\w`, `)?(--[a-z0-9-]+)", text, re.M))
+
+
+def test_flag_table_documents_every_flag_of_help() -> None:
+    flags = help_flags()
+    assert {"--port", "--api-socket", "--keep-alive-timeout", "--max-head-size"} <= flags
+    assert flags - documented_flags() == set(), "flags missing from docs/flags.md"
+
+
+def test_flag_table_documents_no_flag_that_does_not_exist() -> None:
+    assert documented_flags() - help_flags() == set()
