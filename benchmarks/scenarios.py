@@ -1,0 +1,316 @@
+"""What is measured: every scenario, its metrics, their units, and the targets.
+
+Owns the scenario catalogue and the code that measures one peer once. It does
+not decide order, rounds or output (runner.py, report.py do).
+
+Groups:
+  http     wrk against a long-running peer (started once, shared by the scenarios)
+  ws       benchmarks.wsload against the same long-running peer
+  rss      a fresh peer: idle RSS, + 10,000 idle keep-alive connections, + 1,000 WebSockets
+  routes   fresh cfproxy / CHP with N routes: API adds/s, GET /api/routes, RSS,
+           throughput over random routes vs one route
+  startup  a fresh peer, spawn -> first proxied 200
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from benchmarks import procs
+from benchmarks.httpc import HTTPClient, open_idle_keepalive
+from benchmarks.peers import REPO, TOKEN, Peer
+from benchmarks.wrkload import run_wrk
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Target:
+    """cfproxy's goal for a metric: value <op> factor x (the reference peer's value)."""
+
+    ref: str | None  # "chp", "nginx", or None: compare with `factor` itself
+    op: str  # ">=" or "<="
+    factor: float
+    text: str
+
+    def check(self, value: float, refs: dict[str, float]) -> bool | None:
+        base = refs.get(self.ref) if self.ref else 1.0
+        if base is None or value is None:
+            return None
+        bound = self.factor * base
+        return value >= bound if self.op == ">=" else value <= bound
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool = True
+    digits: int = 0
+    targets: tuple[Target, ...] = ()
+    in_table: bool = True
+
+
+@dataclass
+class Scenario:
+    id: str
+    title: str
+    group: str
+    metrics: list[Metric]
+    params: dict = field(default_factory=dict)
+    peers: tuple[str, ...] = ("cfproxy", "chp", "nginx", "direct")
+
+
+def _t(ref: str | None, op: str, factor: float, text: str) -> Target:
+    return Target(ref, op, factor, text)
+
+
+T_GET = (_t("chp", ">=", 8, "≥ 8× CHP"), _t("nginx", ">=", 0.7, "≥ 0.7× nginx"))
+T_P99 = (_t("chp", "<=", 0.2, "≤ 1/5 CHP"),)
+T_BODY = (_t("nginx", ">=", 0.8, "≥ 0.8× nginx"),)
+T_WS = (_t("nginx", ">=", 1.0, "≥ nginx"),)
+CPU = Metric("cpu_pct", "proxy CPU", "%", higher_is_better=False, in_table=False)
+
+
+def _get_metrics(conns: int) -> list[Metric]:
+    return [Metric("req_per_s", "requests/s", "req/s", True, 0, T_GET),
+            Metric("p50_ms", "p50 latency", "ms", False, 2),
+            Metric("p99_ms", "p99 latency", "ms", False, 2, T_P99), CPU]
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("small-get-10", "small GET, keep-alive, 10 conns", "http", _get_metrics(10),
+             {"mode": "get", "path": "/", "conns": 10}),
+    Scenario("small-get-100", "small GET, keep-alive, 100 conns", "http", _get_metrics(100),
+             {"mode": "get", "path": "/", "conns": 100}),
+    Scenario("new-conn", "new connection per request, 10 conns", "http",
+             [Metric("req_per_s", "requests/s", "req/s", True, 0,
+                     (_t("chp", ">=", 4, "≥ 4× CHP"),)),
+              Metric("p99_ms", "p99 latency", "ms", False, 2), CPU],
+             {"mode": "close", "path": "/", "conns": 10}),
+    Scenario("resp-1m", "1 MiB responses, 10 conns", "http",
+             [Metric("mb_per_s", "throughput", "MB/s", True, 0, T_BODY), CPU],
+             {"mode": "get", "path": "/1m", "conns": 10}),
+    Scenario("resp-64m", "64 MiB responses, 4 conns", "http",
+             [Metric("mb_per_s", "throughput", "MB/s", True, 0, T_BODY), CPU],
+             {"mode": "get", "path": "/64m", "conns": 4, "min_duration": 3}),
+    Scenario("upload-1m", "1 MiB uploads (POST), 10 conns", "http",
+             [Metric("mb_per_s", "throughput", "MB/s", True, 0, T_BODY), CPU],
+             {"mode": "post", "path": "/upload", "conns": 10, "body_size": MIB}),
+    Scenario("ws-echo-1", "WebSocket echo, 1 conn, 32 B", "ws",
+             [Metric("ops_per_s", "round trips/s", "echo/s", True, 0),
+              Metric("p99_ms", "p99 latency", "ms", False, 3), CPU],
+             {"mode": "echo", "conns": 1}),
+    Scenario("ws-echo-50", "WebSocket echo, 50 conns, 32 B", "ws",
+             [Metric("ops_per_s", "round trips/s", "echo/s", True, 0, T_WS),
+              Metric("p50_ms", "p50 latency", "ms", False, 2),
+              Metric("p99_ms", "p99 latency", "ms", False, 2), CPU],
+             {"mode": "echo", "conns": 50}),
+    Scenario("ws-bulk", "WebSocket bulk echo, 1 conn, 64 KiB frames", "ws",
+             [Metric("mb_per_s", "throughput", "MB/s", True, 0, T_WS), CPU],
+             {"mode": "bulk", "conns": 1}),
+    Scenario("rss", "memory (RSS, process tree)", "rss",
+             [Metric("idle_mib", "idle RSS", "MiB", False, 1,
+                     (_t("chp", "<=", 0.5, "≤ 1/2 CHP"),)),
+              Metric("idle_conns_mib", "RSS, idle keep-alive conns open", "MiB", False, 1),
+              Metric("kib_per_conn", "per idle keep-alive conn", "KiB", False, 1,
+                     (_t("chp", "<=", 0.5, "≤ 1/2 CHP"),)),
+              Metric("ws_open_mib", "RSS, WebSockets open", "MiB", False, 1),
+              Metric("kib_per_ws", "per open WebSocket", "KiB", False, 1)],
+             {}, ("cfproxy", "chp", "nginx")),
+    Scenario("routes", "many routes", "routes",
+             [Metric("adds_per_s", "API route adds/s (sequential, keep-alive)", "adds/s", True, 0,
+                     (_t("chp", ">=", 1, "≥ CHP"),)),
+              Metric("get_routes_ms", "GET /api/routes", "ms", False, 0,
+                     (_t("chp", "<=", 1 / 3, "≤ 1/3 CHP"),)),
+              Metric("rss_mib", "RSS with all routes", "MiB", False, 1),
+              Metric("random_req_per_s", "requests/s, random routes", "req/s", True, 0),
+              Metric("one_req_per_s", "requests/s, one route", "req/s", True, 0),
+              Metric("random_vs_one", "random ÷ one route", "×", True, 2,
+                     (_t(None, ">=", 0.9, "≥ 0.9"),))],
+             {}, ("cfproxy", "chp")),
+    Scenario("startup", "start-up", "startup",
+             [Metric("startup_ms", "spawn → first proxied 200", "ms", False, 0,
+                     (_t("chp", "<=", 0.5, "≤ 1/2 CHP"),))],
+             {}, ("cfproxy", "chp", "nginx")),
+]
+BY_ID = {s.id: s for s in SCENARIOS}
+GROUPS = ("http", "ws", "rss", "routes", "startup")
+
+
+# --- measuring one peer once --------------------------------------------------------------
+
+def _with_cpu(peer: Peer, fn: Callable[[], dict]) -> dict:
+    c0 = peer.cpu_seconds() if peer.proc else None
+    t0 = time.monotonic()
+    res = fn()
+    if c0 is not None:
+        res["cpu_pct"] = 100 * (peer.cpu_seconds() - c0) / (time.monotonic() - t0)
+    return res
+
+
+def measure_http(sc: Scenario, peer: Peer, duration: float, tmp: str) -> dict:
+    p = sc.params
+    dur = max(duration, p.get("min_duration", 0))
+
+    def go() -> dict:
+        r = run_wrk(peer.port, path=p["path"], mode=p["mode"], conns=p["conns"], duration=dur,
+                    body_size=p.get("body_size", 0), tmp=tmp)
+        if r["requests"] == 0 or r["errors"] > max(10, r["requests"] // 100):
+            raise RuntimeError(f"{r['errors']} errors in {r['requests']} requests {r['error_detail']}")
+        if p["mode"] == "post":
+            r["mb_per_s"] = r["up_mb_per_s"]
+        return r
+
+    return _with_cpu(peer, go)
+
+
+def measure_ws(sc: Scenario, peer: Peer, duration: float) -> dict:
+    p = sc.params
+
+    def go() -> dict:
+        cmd = [sys.executable, "-m", "benchmarks.wsload", "--port", str(peer.ws_port),
+               "--path", peer.ws_path, "--mode", p["mode"], "--conns", str(p["conns"]),
+               "--duration", str(duration)]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO),
+                             timeout=duration + 60)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"wsload failed: {out.stderr[-300:]}")
+        r = json.loads(lines[-1])
+        if "error" in r:
+            raise RuntimeError(r["error"])
+        if r["ops"] == 0 or r["errors"]:
+            raise RuntimeError(f"{r['errors']} connection errors, {r['ops']} echoes")
+        return r
+
+    return _with_cpu(peer, go)
+
+
+def _run_async(coro):
+    try:
+        import uvloop
+        return uvloop.run(coro) if hasattr(uvloop, "run") else asyncio.run(coro)
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+
+
+def first_proxied_ok(port: int) -> bool:
+    try:
+        with HTTPClient(port, timeout=2) as c:
+            return c.request("GET", "/")[0] == 200
+    except OSError:
+        return False
+
+
+def _settle_rss(peer: Peer, secs: float = 0.5) -> int:
+    time.sleep(secs)
+    return peer.rss_kib()
+
+
+def measure_rss(peer: Peer, idle_conns: int, websockets: int) -> dict:
+    """Fresh peer: idle RSS, then with idle keep-alive connections, then with open WebSockets."""
+    res: dict = {}
+    for _ in range(20):  # a few requests so lazily built state exists before "idle"
+        first_proxied_ok(peer.port)
+    base = _settle_rss(peer)
+    res["idle_mib"] = base / 1024
+
+    async def hold_idle() -> tuple[int, int]:
+        conns = await open_idle_keepalive(peer.port, idle_conns)
+        await asyncio.sleep(1.0)
+        rss = peer.rss_kib()
+        still = sum(1 for c in conns if not c.closed)
+        for c in conns:
+            c.transport.abort()
+        return rss, still
+
+    rss, still = _run_async(hold_idle())
+    if still < idle_conns * 0.99:
+        raise RuntimeError(f"only {still}/{idle_conns} idle connections stayed open")
+    res["idle_conns_mib"] = rss / 1024
+    res["kib_per_conn"] = (rss - base) / idle_conns
+    time.sleep(1.0)
+    base2 = peer.rss_kib()
+
+    async def hold_ws() -> int:
+        from benchmarks.wsload import open_websockets
+        socks = await open_websockets(peer.ws_port, websockets, path=peer.ws_path)
+        await asyncio.sleep(1.0)
+        rss = peer.rss_kib()
+        for s in socks:
+            s.transport.abort()
+        return rss
+
+    rss = _run_async(hold_ws())
+    res["ws_open_mib"] = rss / 1024
+    res["kib_per_ws"] = (rss - base2) / websockets
+    return res
+
+
+def add_routes(peer: Peer, n: int) -> float:
+    """POST n routes /r/<i> sequentially over one keep-alive connection; return adds/s."""
+    body = b'{"target": "%s"}' % peer.backends.http_url.encode()
+    with HTTPClient(peer.api_port, token=TOKEN) as c:
+        reqs = [c.build("POST", f"/api/routes/r/{i}", body) for i in range(n)]
+        t0 = time.perf_counter()
+        for raw in reqs:
+            status, resp = c.send_raw(raw)
+            if status != 201:
+                raise RuntimeError(f"route add -> {status} {resp[:100]!r}")
+        return n / (time.perf_counter() - t0)
+
+
+def get_routes_ms(peer: Peer, expect: int) -> float:
+    with HTTPClient(peer.api_port, token=TOKEN) as c:
+        t0 = time.perf_counter()
+        status, body = c.request("GET", "/api/routes")
+        ms = (time.perf_counter() - t0) * 1000
+    if status != 200:
+        raise RuntimeError(f"GET /api/routes -> {status}")
+    got = len(json.loads(body))
+    if got < expect:
+        raise RuntimeError(f"GET /api/routes returned {got} routes, expected ≥ {expect}")
+    return ms
+
+
+def measure_routes_table(peer: Peer, n: int, gets: int = 3) -> dict:
+    adds = add_routes(peer, n)
+    ms = statistics.median(get_routes_ms(peer, n) for _ in range(gets))
+    return {"adds_per_s": adds, "get_routes_ms": ms, "rss_mib": _settle_rss(peer, 1.0) / 1024}
+
+
+def measure_route_throughput(peer: Peer, nroutes: int, duration: float, tmp: str) -> float:
+    r = run_wrk(peer.port, mode="routes", nroutes=nroutes, conns=10, duration=duration, tmp=tmp)
+    if r["requests"] == 0 or r["errors"] > max(10, r["requests"] // 100):
+        raise RuntimeError(f"{r['errors']} errors in {r['requests']} requests {r['error_detail']}")
+    return r["req_per_s"]
+
+
+def measure_startup(peer: Peer, timeout: float = 20.0) -> float:
+    """ms from spawn to the first 200 through the proxy (polling every ~2 ms)."""
+    t0 = time.perf_counter()
+    proc = peer.spawn()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"exited with {proc.returncode}: {peer.log_tail(300)}")
+            if first_proxied_ok(peer.port):
+                return (time.perf_counter() - t0) * 1000
+            time.sleep(0.002)
+        raise RuntimeError(f"no proxied 200 within {timeout:.0f}s")
+    finally:
+        peer.stop()
+
+
+def wait_ready(peer: Peer) -> None:
+    procs.wait_port(peer.port, proc=peer.proc)
