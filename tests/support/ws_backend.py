@@ -25,6 +25,7 @@ Knobs on the upgrade request's query string:
     ?refuse=STATUS              answer the handshake with STATUS (e.g. 403, 200), a text body
                                 `refused STATUS` and Content-Length, then close
     ?silent=1                   do not send `connected`
+    ?push=N&push_size=S&push_interval=I   on open, start `!push N S I` (defaults S=16, I=0)
 Every handshake is recorded in `backend.requests` as (target, headers) with headers as
 (name, value) string pairs exactly as received.
 """
@@ -78,6 +79,7 @@ class _WSServerProtocol(asyncio.Protocol):
         self.ws = WSConnection(ConnectionType.SERVER)
         self.transport: asyncio.Transport | None = None
         self.head_buf = b""
+        self.request: tuple[str, list[tuple[str, str]]] = ("", [])
         self.in_handshake = True
         self.open = False
         self.closed = False
@@ -116,9 +118,9 @@ class _WSServerProtocol(asyncio.Protocol):
                 return
             self.in_handshake = False
             head = self.head_buf[:end]
-            self.backend.requests.append(
-                (head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1"), _parse_head(head))
-            )
+            self.request = (head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1"),
+                            _parse_head(head))
+            self.backend.requests.append(self.request)
             data, self.head_buf = self.head_buf, b""
         try:
             self.ws.receive_data(data)
@@ -182,13 +184,18 @@ class _WSServerProtocol(asyncio.Protocol):
         self.backend.accepted += 1
         if not query.get("silent"):
             self._send(TextMessage(data="connected"))
+        if query.get("push"):
+            n = query["push"][0]
+            size = query.get("push_size", ["16"])[0]
+            interval = query.get("push_interval", ["0"])[0]
+            self._command(f"!push {n} {size} {interval}")
 
     def _command(self, text: str) -> None:
         parts = text.split(" ")
         cmd = parts[0]
         if cmd == "!info":
-            req = self.backend.requests[-1] if self.backend.requests else ("", [])
-            self._send(TextMessage(data=json.dumps({"target": req[0], "headers": req[1]})))
+            target, headers = self.request
+            self._send(TextMessage(data=json.dumps({"target": target, "headers": headers})))
         elif cmd == "!close":
             code = int(parts[1]) if len(parts) > 1 else 1000
             self._send(CloseConnection(code=code, reason=" ".join(parts[2:])))

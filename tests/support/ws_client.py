@@ -5,7 +5,8 @@
     await ws.send("hi"); await ws.recv() -> "hi"
     await ws.send(b"\\x00" * 10); await ws.recv() -> bytes
     await ws.ping(b"x"); await ws.recv_event() -> Pong
-    await ws.close(4001, "bye"); ws.close_code / ws.close_reason (the peer's answer)
+    await ws.close(4001, "bye"); ws.close_code / ws.close_reason (the peer's close frame;
+                                  None when the connection ended without one)
 
 `connect()` raises `HandshakeRefused(status, headers, body)` when the answer is not
 101 (`body` read until the connection closes or Content-Length is reached) and
@@ -143,7 +144,10 @@ class WSClient:
                 self._write(self.ws.send(ev.response()))
                 self.queue.put_nowait(ev)
             elif isinstance(ev, CloseConnection):
-                self.close_code, self.close_reason = ev.code, ev.reason
+                if ev.code == 1006:  # wsproto's marker for "closed without a close frame"
+                    continue
+                if self.close_code is None:  # the close frame that came over the wire
+                    self.close_code, self.close_reason = ev.code, ev.reason
                 try:  # answer a close the server started
                     self._write(self.ws.send(ev.response()))
                 except Exception:
