@@ -96,16 +96,12 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
 def _listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol] | None:
     """The protocol factory for a listener kind; None when an optional module is missing."""
     if kind == "proxy":
-        try:
-            from cfproxy.proxy import make_proxy_protocol_factory
-        except ImportError as e:  # TEMPORARY while cfproxy/proxy is being written
-            return _stand_in("proxy", e)
+        from cfproxy.proxy import make_proxy_protocol_factory
+
         return make_proxy_protocol_factory(app)
     if kind == "api":
-        try:
-            from cfproxy.api.server import make_api_protocol_factory
-        except ImportError as e:  # TEMPORARY while cfproxy/api is being written
-            return _stand_in("api", e)
+        from cfproxy.api.server import make_api_protocol_factory
+
         return make_api_protocol_factory(app)
     if kind == "metrics":
         try:
@@ -122,25 +118,6 @@ def _listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol]
             return None
         return make_redirect_protocol_factory(app)
     raise ValueError(kind)
-
-
-def _stand_in(kind: str, err: Exception) -> Callable[[], asyncio.BaseProtocol]:
-    """TEMPORARY: answer 503 on a listener whose module is not written yet, so the process
-    starts and listens for the engineers working on the other listeners."""
-    log.error("%s listener not available yet (%s): answering 503", kind, err)
-    body = f"cfproxy: the {kind} listener is not implemented yet\n".encode()
-    reply = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-
-    class StandIn(asyncio.Protocol):
-        def connection_made(self, transport: Any) -> None:
-            self.transport = transport
-
-        def data_received(self, data: bytes) -> None:
-            self.transport.write(reply)
-            self.transport.close()
-
-    return StandIn
 
 
 def _prepare_unix_path(path: str, flag: str) -> None:

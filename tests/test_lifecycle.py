@@ -23,18 +23,6 @@ from tests.support.proxy_process import ProxyProcess, free_port, wait_for_port
 TOKEN_ENV = {"CONFIGPROXY_AUTH_TOKEN": "secret", "PYTHONUNBUFFERED": "1"}
 
 
-def _data_path_ready() -> bool:
-    try:
-        from cfproxy.proxy import make_proxy_protocol_factory  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_data_path = pytest.mark.skipif(
-    not _data_path_ready(), reason="cfproxy.proxy.make_proxy_protocol_factory not written yet")
-
-
 @pytest.fixture(scope="module")
 def backend():
     with EchoBackend() as b:
@@ -215,8 +203,6 @@ def test_sighup_keeps_running(proxy):
 
 
 def test_second_signal_cuts_the_grace_period_short(proxy, backend):
-    if not _data_path_ready():
-        pytest.skip("needs the data path")
     p = proxy("--default-target", backend.url, "--shutdown-timeout", "20000")
     conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
     conn.request("GET", "/slow", headers={"x-action": "hang"})
@@ -317,7 +303,6 @@ def test_regular_file_in_the_way_of_a_socket_is_an_error(proxy, tmp_path):
 # --- the data path through the lifecycle ---------------------------------------------------
 
 
-@needs_data_path
 def test_time_to_first_proxied_request(backend):
     """Not asserted against a number: printed, so `pytest -s` shows the start-up cost."""
     port, api_port = free_port(), free_port()
@@ -343,7 +328,6 @@ def test_time_to_first_proxied_request(backend):
         finish(proc)
 
 
-@needs_data_path
 def test_graceful_shutdown_finishes_in_flight_request_and_refuses_new_ones(proxy, backend, tmp_path):
     pid_file = tmp_path / "p.pid"
     p = proxy("--default-target", backend.url, "--pid-file", str(pid_file),
@@ -379,7 +363,6 @@ def test_graceful_shutdown_finishes_in_flight_request_and_refuses_new_ones(proxy
     assert not pid_file.exists()
 
 
-@needs_data_path
 def test_shutdown_timeout_bounds_the_drain(proxy, backend):
     p = proxy("--default-target", backend.url, "--shutdown-timeout", "300")
     conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
