@@ -108,7 +108,7 @@ def _drop_authority(rest: str) -> str:
 
 
 def _remove_dot_segments(path: str) -> str:
-    if "." not in path:
+    if "." not in path and "%2e" not in path and "%2E" not in path:
         return path
     out: list[str] = []
     segments = path[1:].split("/")
