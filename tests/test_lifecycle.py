@@ -6,6 +6,7 @@ Every test runs the real command as a subprocess on loopback.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import signal
@@ -377,3 +378,25 @@ def test_shutdown_timeout_bounds_the_drain(proxy, backend):
     with pytest.raises((OSError, http.client.HTTPException)):
         conn.getresponse()
     conn.close()
+
+
+def test_shutdown_closes_websocket_tunnels_without_waiting_for_the_grace_period(proxy, tmp_path):
+    from tests.support.ws_backend import WSBackend
+    from tests.support.ws_client import WSClient
+
+    with WSBackend() as ws_backend:
+        p = proxy("--default-target", ws_backend.url, "--shutdown-timeout", "20000")
+
+        async def scenario() -> float:
+            ws = await WSClient.connect(port=p.port, path="/ws")
+            assert await ws.recv() == "connected"
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+            started = time.monotonic()
+            p.signal(signal.SIGTERM)
+            assert await asyncio.wait_for(ws.recv(), 10) is None  # the tunnel was closed
+            return time.monotonic() - started
+
+        elapsed = asyncio.run(scenario())
+        assert p.proc.wait(10) == 0
+        assert elapsed < 5
