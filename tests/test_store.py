@@ -63,12 +63,22 @@ class DictStore(RouteStore):
 
 
 class FailingStore(DictStore):
-    """Every operation fails (the API must answer 500, not hang)."""
+    """Fails every operation once the proxy has started (the API must answer 500, not hang).
+
+    Start-up (loading the routes, adding the default route) still works.
+    """
 
     async def get_all(self):
-        raise RuntimeError("store is down")
+        if self.calls.count("get_all") >= 1:
+            raise RuntimeError("store is down")
+        return await super().get_all()
 
     async def add(self, path, data):
+        if path != "/":
+            raise RuntimeError("store is down")
+        await super().add(path, data)
+
+    async def get(self, path):
         raise RuntimeError("store is down")
 
     async def remove(self, path):
