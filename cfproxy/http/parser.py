@@ -395,6 +395,10 @@ def _too_large(buf: bytes | bytearray, start: int, max_size: int, response: bool
 
 
 def _bad_request_line(line: bytes) -> HTTPError:
+    if b"\n" in line:
+        return HTTPError(400, "bare LF in request line")
+    if b"\r" in line:
+        return HTTPError(400, "bare CR in request line")
     if _simple_request_line_re.fullmatch(line):
         return HTTPError(505, "HTTP version not supported")
     parts = line.split(b" ")
