@@ -73,6 +73,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def other_cpu_load(secs: float = 1.0) -> float:
+    """Percent of all CPUs busy over `secs` while this run is idle (other processes' load)."""
+    def snap() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)
+    try:
+        t0, i0 = snap()
+        time.sleep(secs)
+        t1, i1 = snap()
+    except OSError:
+        return 0.0
+    return 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
 class Progress:
     """One self-overwriting status line on stderr."""
 
@@ -130,7 +145,7 @@ class Run:
         r, n = self.prof["rounds"], 0
         for sc in self.args.selected:
             k = len(self.peers_for(sc))
-            n += {"http": r * k, "ws": r * k, "rss": k, "routes": k + 2 * r * k,
+            n += {"http": r * k, "ws": r * k, "rss": 2 * k, "routes": k + 2 * r * k,
                   "startup": self.prof["startup_rounds"] * k}[sc.group]
         return n
 
@@ -154,6 +169,12 @@ class Run:
         res.meta = {"profile": "quick" if a.quick else "full", **self.prof, "backend": a.backend,
                     "cpus": os.cpu_count(), "pinning": procs.pinning_enabled(),
                     "python": sys.version.split()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        busy = other_cpu_load()
+        res.meta["other_cpu_load_pct"] = busy
+        if busy > 10:
+            res.notes.append(f"the machine was busy before the run ({busy:.0f}% of all CPUs used by "
+                             "other processes): absolute figures are low and noisy; the ratios, "
+                             "measured interleaved, hold better")
         self.progress = Progress(self.estimate_steps())
         self.backends.start()
         groups = {g: [s for s in a.selected if s.group == g] for g in scenarios.GROUPS}
@@ -220,18 +241,22 @@ class Run:
 
     def run_rss(self, sc: scenarios.Scenario) -> None:
         self.results.ran.append(sc.id)
+        n_idle, n_ws = self.prof["idle_conns"], self.prof["websockets"]
         for name in self.peers_for(sc):
-            self.progress.step(f"{sc.id} · {name} · {self.prof['idle_conns']} idle conns, "
-                               f"{self.prof['websockets']} websockets")
-            peer = self.make_peer(name)
-            try:
+            # each part on a fresh process: freed memory is rarely given back to the OS
+            for what, fn in ((f"{n_idle:,} idle keep-alive conns",
+                              lambda p: scenarios.measure_rss_idle_conns(p, n_idle)),
+                             (f"{n_ws:,} open websockets",
+                              lambda p: scenarios.measure_rss_websockets(p, n_ws))):
+                self.progress.step(f"{sc.id} · {name} · {what}")
+                peer = self.make_peer(name)
                 # idle connections must outlive the measurement: raise the keep-alive timeout
                 extra = ("--keep-alive-timeout", "600000") if name in ("cfproxy", "chp") else ()
-                self.attempt(sc.id, name, lambda peer=peer, extra=extra: (
-                    peer.start(extra), scenarios.measure_rss(
-                        peer, self.prof["idle_conns"], self.prof["websockets"]))[1])
-            finally:
-                peer.stop()
+                try:
+                    self.attempt(sc.id, name, lambda peer=peer, extra=extra, fn=fn: (
+                        peer.start(extra), fn(peer))[1])
+                finally:
+                    peer.stop()
 
     def run_routes(self, sc: scenarios.Scenario) -> None:
         self.results.ran.append(sc.id)

@@ -216,13 +216,15 @@ def _settle_rss(peer: Peer, secs: float = 0.5) -> int:
     return peer.rss_kib()
 
 
-def measure_rss(peer: Peer, idle_conns: int, websockets: int) -> dict:
-    """Fresh peer: idle RSS, then with idle keep-alive connections, then with open WebSockets."""
-    res: dict = {}
+def _idle_base(peer: Peer) -> int:
     for _ in range(20):  # a few requests so lazily built state exists before "idle"
         first_proxied_ok(peer.port)
-    base = _settle_rss(peer)
-    res["idle_mib"] = base / 1024
+    return _settle_rss(peer)
+
+
+def measure_rss_idle_conns(peer: Peer, idle_conns: int) -> dict:
+    """Fresh peer: idle RSS, then RSS with `idle_conns` idle keep-alive connections open."""
+    base = _idle_base(peer)
 
     async def hold_idle() -> tuple[int, int]:
         conns = await open_idle_keepalive(peer.port, idle_conns)
@@ -236,10 +238,13 @@ def measure_rss(peer: Peer, idle_conns: int, websockets: int) -> dict:
     rss, still = _run_async(hold_idle())
     if still < idle_conns * 0.99:
         raise RuntimeError(f"only {still}/{idle_conns} idle connections stayed open")
-    res["idle_conns_mib"] = rss / 1024
-    res["kib_per_conn"] = (rss - base) / idle_conns
-    time.sleep(1.0)
-    base2 = peer.rss_kib()
+    return {"idle_mib": base / 1024, "idle_conns_mib": rss / 1024,
+            "kib_per_conn": (rss - base) / idle_conns}
+
+
+def measure_rss_websockets(peer: Peer, websockets: int) -> dict:
+    """Fresh peer: RSS with `websockets` open (upgraded, idle) WebSockets, and per WebSocket."""
+    base = _idle_base(peer)
 
     async def hold_ws() -> int:
         from benchmarks.wsload import open_websockets
@@ -251,9 +256,7 @@ def measure_rss(peer: Peer, idle_conns: int, websockets: int) -> dict:
         return rss
 
     rss = _run_async(hold_ws())
-    res["ws_open_mib"] = rss / 1024
-    res["kib_per_ws"] = (rss - base2) / websockets
-    return res
+    return {"ws_open_mib": rss / 1024, "kib_per_ws": (rss - base) / websockets}
 
 
 def add_routes(peer: Peer, n: int) -> float:
