@@ -101,7 +101,10 @@ def main() -> int:
             f.write(str(os.getpid()))
     print(f"e2e single-user server listening on http://{ip}:{port}{prefix}", flush=True)
     print(json.dumps({"prefix": prefix, "port": port}), flush=True)
-    ioloop.IOLoop.current().start()
+    try:
+        ioloop.IOLoop.current().start()
+    except KeyboardInterrupt:  # the spawner stops us with SIGINT first
+        pass
     return 0
 
 
