@@ -393,6 +393,155 @@ class ErrorPageBackend(EchoBackend):
         return True
 
 
+# --- raw client helpers (tests see exact bytes) ------------------------------------------
+
+
+@dataclass
+class Resp:
+    status: int
+    reason: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    raw_head: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def json(self):
+        return json.loads(self.body)
+
+
+class RawConn:
+    """A client socket with a small independent response reader."""
+
+    def __init__(self, port: int | None = None, unix_path: str | None = None,
+                 timeout: float = 10.0) -> None:
+        if unix_path:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(timeout)
+            self.sock.connect(unix_path)
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def __enter__(self) -> RawConn:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def _read_until(self, sep: bytes) -> bytes:
+        while sep not in self.buf:
+            if not self._fill():
+                raise ConnectionError(f"closed before {sep!r}; got {self.buf[:200]!r}")
+        i = self.buf.index(sep) + len(sep)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def _read_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._fill():
+                raise ConnectionError(f"closed after {len(self.buf)} of {n} bytes")
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_response(self, method: str = "GET", skip_interim: bool = True) -> Resp:
+        while True:
+            head = self._read_until(b"\r\n\r\n")
+            lines = head[:-4].decode("latin-1").split("\r\n")
+            version, _, rest = lines[0].partition(" ")
+            code, _, reason = rest.partition(" ")
+            headers = []
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                headers.append((k, v.strip()))
+            r = Resp(int(code), reason, version, headers, b"", head)
+            if skip_interim and 100 <= r.status < 200 and r.status != 101:
+                continue
+            break
+        if method == "HEAD" or r.status in (204, 304) or r.status < 200:
+            return r
+        te = (r.header("transfer-encoding") or "").lower()
+        if te == "chunked":
+            parts = []
+            while True:
+                size = int(self._read_until(b"\r\n").split(b";")[0], 16)
+                if size == 0:
+                    while self._read_until(b"\r\n") != b"\r\n":
+                        pass
+                    break
+                parts.append(self._read_exact(size))
+                self._read_exact(2)
+            r.body = b"".join(parts)
+        elif r.header("content-length") is not None:
+            r.body = self._read_exact(int(r.header("content-length")))
+        else:
+            while self._fill():
+                pass
+            r.body, self.buf = self.buf, b""
+        return r
+
+    def closed_by_peer(self, timeout: float = 5.0) -> bool:
+        """True when the peer closes (EOF or reset) within `timeout` with no further bytes."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        if data:
+            self.buf += data
+            return False
+        return True
+
+
+def build_request(method: str, path: str, headers: list[tuple[str, str]] | None = None,
+                  body: bytes | None = None, version: str = "1.1", host: str | None = "x") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}"]
+    if host is not None:
+        lines.append(f"Host: {host}")
+    for k, v in headers or []:
+        lines.append(f"{k}: {v}")
+    if body is not None and not any(k.lower() in ("content-length", "transfer-encoding")
+                                    for k, _ in headers or []):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+def request(port: int, method: str, path: str, headers: list[tuple[str, str]] | None = None,
+            body: bytes | None = None, version: str = "1.1", host: str | None = "x") -> Resp:
+    """One request on its own connection."""
+    with RawConn(port) as c:
+        c.send(build_request(method, path, headers, body, version, host))
+        return c.read_response(method)
+
+
+def api(api_port: int, method: str, path: str, data=None, token: str = "secret"):
+    """(status, parsed JSON or None) of a REST API call."""
+    body = json.dumps(data).encode() if data is not None else None
+    r = request(api_port, method, path, [("Authorization", f"token {token}")], body)
+    return r.status, (json.loads(r.body) if r.body else None)
+
+
 # --- fast fixed responder (load tests) ----------------------------------------------------
 
 _FAST_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
