@@ -75,7 +75,10 @@ async def _main(config: Config, startup_warnings: Sequence[str]) -> int:
         app = App(config)
     except Exception as e:  # noqa: BLE001 - e.g. a storage backend that fails to construct
         if config.storage_backend:
-            log.error("--storage-backend %s: %s", config.storage_backend, e)
+            msg = str(e)
+            if "--storage-backend" not in msg:
+                msg = f"--storage-backend {config.storage_backend}: {msg}"
+            log.error("%s", msg)
         else:
             log.error("Failed to start: %s", e, exc_info=True)
         return 1
@@ -264,10 +267,36 @@ def _addr_text(port: Any, ip: Any) -> str:
 
 async def serve(app: Any, startup_warnings: Sequence[str] = ()) -> int:
     """Start every listener of `app`, serve until SIGINT/SIGTERM, drain, return the exit code."""
-    config: Config = app.config
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_uncaught_exception)
+    # installed first, so a signal during start-up still ends in a clean shutdown
+    stopping = _install_signal_handlers(app)
+    listeners = Listeners()
+    pid_written: list[str] = []
+    try:
+        return await _start_and_wait(app, listeners, stopping, startup_warnings, pid_written)
+    except ListenError as e:
+        log.error("%s", e)
+        return 1
+    finally:
+        listeners.close()
+        listeners.remove_socket_files()
+        for path in pid_written:
+            log.debug("Removing %s", path)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.remove_signal_handler(sig)
+            except (ValueError, RuntimeError, NotImplementedError):
+                pass
 
+
+async def _start_and_wait(app: Any, listeners: Listeners, stopping: _Stopping,
+                          startup_warnings: Sequence[str], pid_written: list[str]) -> int:
+    config: Config = app.config
     # CHP's start-up lines, step 2 (reference 1.7)
     if config.auto_rewrite:
         log.info("AutoRewrite of Location headers enabled.")
@@ -281,50 +310,29 @@ async def serve(app: Any, startup_warnings: Sequence[str] = ()) -> int:
     # step 3: routes (stored ones, then the default route) go in before anything listens
     try:
         await _load_routes(app)
+        if config.default_target:
+            log.info("Adding route / -> %s", config.default_target)
+            await _add_default_route(app, config.default_target)
     except Exception as e:  # noqa: BLE001 - e.g. the store's server is unreachable
-        log.error("Could not load routes from the store (--storage-backend): %s", e)
+        log.error("Could not set up routes in the store (--storage-backend): %s", e)
         return 1
-    if config.default_target:
-        log.info("Adding route / -> %s", config.default_target)
-        await _add_default_route(app, config.default_target)
 
+    # steps 4-6: listen, say where, pid file, readiness line
     for line in startup_warnings:
         log.warning("%s", line)
+    redirect_port = await _open_listeners(app, listeners)
+    if config.pid_file:
+        log.info("Writing pid %s to %s", os.getpid(), config.pid_file)
+        _write_pid_file(config.pid_file)
+        pid_written.append(config.pid_file)
+    if config.default_target:
+        log.info("Route added / -> %s", config.default_target)
+    if redirect_port is not None:
+        log.info("Added HTTP to HTTPS redirection from %s to %s", redirect_port, _redirect_to(config))
 
-    listeners = Listeners()
-    pid_written = False
-    try:
-        redirect_port = await _open_listeners(app, listeners)
-        if config.pid_file:
-            log.info("Writing pid %s to %s", os.getpid(), config.pid_file)
-            _write_pid_file(config.pid_file)
-            pid_written = True
-        if config.default_target:
-            log.info("Route added / -> %s", config.default_target)
-        if redirect_port is not None:
-            log.info("Added HTTP to HTTPS redirection from %s to %s",
-                     redirect_port, _redirect_to(config))
-        stopping = _install_signal_handlers(app)
-        await stopping.first.wait()
-        await _shutdown(app, listeners, stopping)
-        return 0
-    except ListenError as e:
-        log.error("%s", e)
-        return 1
-    finally:
-        listeners.close()
-        listeners.remove_socket_files()
-        if pid_written:
-            log.debug("Removing %s", config.pid_file)
-            try:
-                os.unlink(config.pid_file)
-            except OSError:
-                pass
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            try:
-                loop.remove_signal_handler(sig)
-            except (ValueError, RuntimeError, NotImplementedError):
-                pass
+    await stopping.first.wait()
+    await _shutdown(app, listeners, stopping)
+    return 0
 
 
 async def _load_routes(app: Any) -> None:

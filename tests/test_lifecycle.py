@@ -400,3 +400,14 @@ def test_shutdown_closes_websocket_tunnels_without_waiting_for_the_grace_period(
         elapsed = asyncio.run(scenario())
         assert p.proc.wait(10) == 0
         assert elapsed < 5
+
+
+def test_storage_backend_that_fails_to_construct_exits_1_naming_the_flag(proxy, tmp_path):
+    (tmp_path / "broken_store.py").write_text(
+        "class Store:\n    def __init__(self, config, table):\n        raise RuntimeError('no db')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    p = proxy("--storage-backend", "broken_store:Store", env=env, wait=False)
+    assert p.proc.wait(10) == 1
+    errors = [line for line in p.output().splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--storage-backend" in errors[0] and "no db" in errors[0]
+    assert errors[0].count("--storage-backend") == 1
