@@ -119,3 +119,44 @@ def test_levels_filter_in_process(capsys, level, shown):
     out = capsys.readouterr().out
     words = [m.group(1) for m in map(LINE.match, out.splitlines()) if m]
     assert words == shown
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from tests.support.backends import EchoBackend
+
+    with EchoBackend() as b:
+        yield b
+
+
+def _get(port: int, path: str) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_debug_level_logs_each_proxied_request_without_query(proxy, backend):
+    p = proxy("--default-target", backend.url, "--log-level", "debug")
+    assert _get(p.port, "/some/page?secret=1") == 200
+    out = p.wait_for_output("PROXY WEB")
+    assert f"debug: PROXY WEB /some/page to {backend.url}" in out
+    assert "secret=1" not in out
+
+
+def test_info_level_has_no_access_log_for_successes(proxy, backend):
+    p = proxy("--default-target", backend.url)
+    assert _get(p.port, "/quiet") == 200
+    p.signal(signal.SIGTERM)
+    assert p.proc.wait(10) == 0
+    assert "/quiet" not in p.output()
+
+
+def test_proxy_errors_are_logged_at_error_level(proxy):
+    p = proxy("--default-target", "http://127.0.0.1:9", "--log-level", "error")
+    assert _get(p.port, "/down") == 503
+    out = p.wait_for_output("503 GET /down")
+    assert re.search(r"\] error: 503 GET /down ", out)
