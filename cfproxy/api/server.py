@@ -59,6 +59,18 @@ def _reason(status: int) -> bytes:
         return b""
 
 
+def _buffered(conn: h11.Connection) -> int:
+    """Bytes h11 holds unparsed. `trailing_data` copies the buffer (O(n) per call, quadratic
+    under pipelining), so read the buffer's length directly where h11 allows it."""
+    buf = getattr(conn, "_receive_buffer", None)
+    if buf is not None:
+        try:
+            return len(buf)
+        except TypeError:
+            pass
+    return len(conn.trailing_data[0])
+
+
 def _log_level(status: int) -> int:
     if status < 400:
         return logging.INFO
@@ -98,7 +110,7 @@ class ApiProtocol(asyncio.Protocol):
             return
         self.conn.receive_data(data)
         if self.task is not None:  # busy: let h11 buffer the next request, bounded
-            if len(self.conn.trailing_data[0]) > MAX_PIPELINED and not self.paused:
+            if _buffered(self.conn) > MAX_PIPELINED and not self.paused:
                 self.paused = True
                 self.transport.pause_reading()
             return
@@ -289,7 +301,7 @@ class ApiProtocol(asyncio.Protocol):
         self.conn.start_next_cycle()
         self.method = ""
         self.log_path = ""
-        self.request_started = bool(self.conn.trailing_data[0]) or self.conn.trailing_data[1]
+        self.request_started = _buffered(self.conn) > 0 or self.conn.their_state is h11.CLOSED
         self._arm(self.app.config.header_timeout / 1000.0 if self.request_started else KEEP_ALIVE_S)
         if self.paused:
             self.paused = False
