@@ -3,6 +3,7 @@
     with WSBackend() as b:                # own uvloop loop in a background thread
         b.port, b.url (http://127.0.0.1:<port>), b.accepted, b.open_connections, b.requests
     WSBackend(unix_path=p)                # same on a Unix socket (b.url = http+unix://...)
+    WSBackend(ssl=server_context)         # TLS (b.url = https://127.0.0.1:<port>)
     python -m tests.support.ws_backend --port P [--unix PATH]   # as a process (benchmarks)
 
 Behaviour of every accepted WebSocket:
@@ -39,6 +40,7 @@ import os
 import socket
 import struct
 import threading
+from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from wsproto import ConnectionType, WSConnection
@@ -233,7 +235,9 @@ class _WSServerProtocol(asyncio.Protocol):
 class WSBackend:
     """The echo server; a context manager running its own uvloop loop in a thread."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, unix_path: str | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, unix_path: str | None = None,
+                 ssl: Any = None) -> None:
+        self.ssl = ssl
         self.host = host
         self.port = port
         self.unix_path = unix_path
@@ -250,7 +254,7 @@ class WSBackend:
     def url(self) -> str:
         if self.unix_path:
             return "http+unix://" + quote(self.unix_path, safe="")
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
 
     @property
     def open_connections(self) -> int:
@@ -266,7 +270,7 @@ class WSBackend:
                                                          self.unix_path, backlog=2048)
         else:
             self._server = await loop.create_server(lambda: _WSServerProtocol(self), self.host,
-                                                    self.port, backlog=2048)
+                                                    self.port, backlog=2048, ssl=self.ssl)
             self.port = self._server.sockets[0].getsockname()[1]
         return self._server
 

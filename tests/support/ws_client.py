@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -91,13 +92,14 @@ class WSClient:
     async def connect(cls, host: str = "127.0.0.1", port: int | None = None, path: str = "/",
                       headers: list[tuple[str, str]] | None = None, unix_path: str | None = None,
                       first_frame: str | None = None, host_header: str | None = None,
-                      timeout: float = 10.0) -> WSClient:
+                      timeout: float = 10.0, ssl: Any = None) -> WSClient:
+        """Open a WebSocket; `ssl` = an SSLContext for wss:// (TLS to the proxy)."""
         self = cls()
         loop = asyncio.get_running_loop()
         if unix_path:
             await loop.create_unix_connection(lambda: _Proto(self), unix_path)
         else:
-            await loop.create_connection(lambda: _Proto(self), host, port)
+            await loop.create_connection(lambda: _Proto(self), host, port, ssl=ssl)
             sock = self.transport.get_extra_info("socket")
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         extra = [(k.encode(), v.encode()) for k, v in (headers or [])]
