@@ -667,3 +667,29 @@ def test_env_passphrase_lets_the_process_start(certs):
                 assert s.version() in ("TLSv1.2", "TLSv1.3")
         assert "https://" in p.output()
     assert os.path.exists(certs.server_key_encrypted)
+
+
+def test_wss_through_the_tls_public_listener(certs):
+    import asyncio
+
+    from tests.support.ws_backend import WSBackend
+    from tests.support.ws_client import WSClient
+
+    with WSBackend() as ws_backend, \
+            ProxyProcess("--ssl-key", certs.server_key, "--ssl-cert", certs.server_cert,
+                         "--default-target", ws_backend.url) as p:
+
+        async def go() -> None:
+            ws = await WSClient.connect(port=p.port, path="/user/x", ssl=client_ctx(certs.ca_cert),
+                                        host_header=f"127.0.0.1:{p.port}")
+            try:
+                first = await ws.recv()
+                assert first is not None
+                await ws.send("hello over tls")
+                assert await ws.recv() == "hello over tls"
+                await ws.send(b"\x00" * 200_000)
+                assert await ws.recv() == b"\x00" * 200_000
+            finally:
+                await ws.close()
+
+        asyncio.run(go())
