@@ -366,3 +366,32 @@ def test_store_exception_is_500_with_text_and_an_error_log_not_a_hang(failing_st
         assert c.read_response().status == 500
         c.send(build("PUT", "/api/routes/none"))
         assert c.read_response().status == 405
+
+
+# --- API writes reach the proxy at once (9.1 #1-3, #8) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def routed():
+    from tests.support.backends import EchoBackend
+
+    with EchoBackend() as a, EchoBackend() as b:
+        with ProxyProcess("--default-target", a.url, "--host-routing") as p:
+            yield p, a, b
+
+
+def test_api_routes_are_used_by_the_proxy_immediately_and_deletes_stop_them(routed):
+    from tests.support.backends import request
+
+    p, default, other = routed
+    r = request(p.port, "GET", "/any/random/url", host="www.example")
+    assert r.status == 200 and r.json()["url"] == "/any/random/url"
+    assert len(default.requests) >= 1
+    assert post(p.api_port, "/api/routes/Hub.Example/user/foo%40bar", {"target": other.url}).status == 201
+    n = len(other.requests)
+    r = request(p.port, "GET", "/user/foo@bar/path", host="hub.example")
+    assert r.status == 200 and len(other.requests) == n + 1
+    r = request(p.port, "GET", "/user/foo%40bar/path", host="HUB.EXAMPLE:8000")
+    assert r.status == 200 and len(other.requests) == n + 2
+    assert call(p.api_port, "DELETE", "/api/routes/hub.example/user/foo@bar").status == 204
+    r = request(p.port, "GET", "/user/foo@bar/path", host="hub.example")
+    assert r.status == 200 and len(other.requests) == n + 2  # back on the default route
