@@ -322,9 +322,9 @@ async def _start_and_wait(app: Any, listeners: Listeners, stopping: _Stopping,
         log.warning("%s", line)
     redirect_port = await _open_listeners(app, listeners)
     if config.pid_file:
-        log.info("Writing pid %s to %s", os.getpid(), config.pid_file)
-        _write_pid_file(config.pid_file)
+        _write_pid_file(config.pid_file)  # before the line, so whoever reads the line finds it
         pid_written.append(config.pid_file)
+        log.info("Writing pid %s to %s", os.getpid(), config.pid_file)
     if config.default_target:
         log.info("Route added / -> %s", config.default_target)
     if redirect_port is not None:
