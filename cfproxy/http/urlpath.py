@@ -150,12 +150,14 @@ def _whatwg(target: str) -> tuple[str, str | None]:
             path, query = _split_query(rest)
             return "/" + path, query
     seps = "/\\" if special else "/"
-    if target[:1] in seps and target[1:2] in seps:
+    # (test characters, not slices: "" is "in" every string)
+    first = target[0] if target else ""
+    if first and first in seps and len(target) > 1 and target[1] in seps:
         i = 2
         while i < len(target) and target[i] in seps:
             i += 1
         return _split_path(_after_authority(target[i:]), special)
-    if target[:1] in seps:
+    if first and first in seps:
         return _split_path(target, special)
     # relative reference against base path "/" (also "?q" and "#f")
     path, query = _split_query(target)
@@ -228,7 +230,9 @@ def _strip_segments(path: str, k: int) -> str:
     trie does on the *decoded* key: leading slashes skipped, a "/" or an
     escaped "%2F" ends a segment. Returns the rest ("" or starting with "/")."""
     if k == 0:
-        return path
+        # root route: CHP slices the one "/" off, so a bare "/" leaves nothing
+        # ("/" -> target path unchanged, as for "/t1" under route "/t1")
+        return "" if path == "/" else path
     n = len(path)
     i = 0
 
@@ -322,9 +326,9 @@ def forward_path(
                 h = raw.find("#")
                 if h >= 0:
                     raw = raw[:h]
-                if b_path == "/" and not b_query:
-                    return raw.encode("ascii")
                 q = raw.find("?")
+                if b_path == "/" and not b_query and q != len(raw) - 1:
+                    return raw.encode("ascii")
                 if q < 0:
                     return _join(b_path, b_query, raw, None).encode("ascii")
                 return _join(b_path, b_query, raw[:q], raw[q + 1 :]).encode("ascii")
