@@ -534,3 +534,9 @@ def test_te_cl_smuggling_never_yields_a_second_request():
         b"Content-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n"
     )
     rejects(data, 400)
+
+
+def test_head_ending_in_bare_lf_is_rejected_without_waiting():
+    # no CRLFCRLF will ever come: answer now rather than at the header timeout
+    rejects(b"GET / HTTP/1.1\r\nHost: h\n\n", 400)
+    rejects(b"GET / HTTP/1.1\r\nHost: h\n\r\n", 400)
