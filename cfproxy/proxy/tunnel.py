@@ -179,7 +179,9 @@ class Tunnel:
             if peer.can_write_eof():
                 # sent once the peer's pending bytes are flushed
                 peer.write_eof()
-                return True  # keep our transport open: the other direction still flows
+                # Keep our transport open so the other direction still flows; a TLS
+                # transport closes after EOF whatever we answer (and warns on True).
+                return end.transport.can_write_eof()
             self._close_both()  # TLS cannot half-close
         return False
 
