@@ -54,30 +54,36 @@ def _big(path: bytes) -> bytes:
 class HTTPBackend(asyncio.Protocol):
     """Keep-alive HTTP/1.1 server; parses just enough of each head to frame it."""
 
-    __slots__ = ("transport", "buf", "body_left", "chunked")
+    __slots__ = ("transport", "buf", "body_left", "chunked", "pending", "close_after")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.body_left = 0  # bytes of a Content-Length body still to discard
         self.chunked: bytes | None = None  # buffered tail while discarding a chunked body
+        self.pending = RESP_SMALL  # the response to send once the request body is read
+        self.close_after = False  # request said Connection: close
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self.body_left:
-            if len(data) <= self.body_left:
+            if len(data) < self.body_left:
                 self.body_left -= len(data)
                 return
             data = data[self.body_left:]
             self.body_left = 0
+            if self._respond():
+                return
         buf = self.buf + data if self.buf else data
         while buf:
             if self.chunked is not None:
                 buf = self._skip_chunked(buf)
                 if self.chunked is not None:
                     break
+                if self._respond():
+                    return
                 continue
             end = buf.find(b"\r\n\r\n")
             if end < 0:
@@ -89,32 +95,38 @@ class HTTPBackend(asyncio.Protocol):
             buf = buf[end + 4:]
             sp = head.find(b" ", 0, 16)
             path = head[sp + 1:head.find(b" ", sp + 1)]
-            close = b"onnection: close" in head or b"onnection: Close" in head
+            self.close_after = b"onnection: close" in head or b"onnection: Close" in head
             if path == b"/1m" or path == b"/64m":
-                self.transport.write(_big(path))
-            elif close:
-                self.transport.write(RESP_SMALL_CLOSE)
+                self.pending = _big(path)
             else:
-                self.transport.write(RESP_SMALL)
-            if close:
-                self.transport.close()
-                self.buf = b""
-                return
-            if head.startswith(b"GET "):
-                continue
-            low = head.lower()
-            i = low.find(b"\r\ncontent-length:")
-            if i >= 0:
-                j = low.find(b"\r\n", i + 2)
-                n = int(low[i + 17:j if j > 0 else len(low)])
-                if n >= len(buf):
-                    self.body_left = n - len(buf)
-                    buf = b""
-                else:
+                self.pending = RESP_SMALL_CLOSE if self.close_after else RESP_SMALL
+            if not head.startswith(b"GET "):
+                # answer only after the whole request body was read (as a real app would)
+                low = head.lower()
+                i = low.find(b"\r\ncontent-length:")
+                if i >= 0:
+                    j = low.find(b"\r\n", i + 2)
+                    n = int(low[i + 17:j if j > 0 else len(low)])
+                    if n > len(buf):
+                        self.body_left = n - len(buf)
+                        self.buf = b""
+                        return
                     buf = buf[n:]
-            elif b"\r\ntransfer-encoding: chunked" in low:
-                self.chunked = b""
+                elif b"\r\ntransfer-encoding: chunked" in low:
+                    self.chunked = b""
+                    continue
+            if self._respond():
+                return
         self.buf = buf
+
+    def _respond(self) -> bool:
+        """Write the pending response; True when the connection is now closing."""
+        self.transport.write(self.pending)
+        if self.close_after:
+            self.transport.close()
+            self.buf = b""
+            return True
+        return False
 
     def _skip_chunked(self, buf: bytes) -> bytes:
         """Discard chunked body bytes; return what follows the body (chunked=None when done)."""

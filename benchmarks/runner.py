@@ -25,7 +25,7 @@ from benchmarks.wrkload import wrk_path
 
 PROFILES = {
     # rounds, seconds per measurement, start-up rounds, routes, idle conns, websockets
-    "quick": {"rounds": 2, "duration": 1.0, "startup_rounds": 3, "routes": 20_000,
+    "quick": {"rounds": 2, "duration": 1.0, "startup_rounds": 3, "routes": 10_000,
               "idle_conns": 10_000, "websockets": 1_000},
     "full": {"rounds": 3, "duration": 4.0, "startup_rounds": 5, "routes": 100_000,
              "idle_conns": 10_000, "websockets": 1_000},
@@ -151,7 +151,7 @@ class Run:
 
     # --- the run ----------------------------------------------------------------------------
     def check_peers(self) -> None:
-        for name in self.args.peer_list:
+        for name in sorted(set(self.args.peer_list), key=ALL_PEERS.index):
             why = self.make_peer(name).unavailable()
             if why:
                 self.results.notes.append(f"{name} skipped: {why}")

@@ -101,7 +101,7 @@ SCENARIOS: list[Scenario] = [
              {"mode": "get", "path": "/1m", "conns": 10}),
     Scenario("resp-64m", "64 MiB responses, 4 conns", "http",
              [Metric("mb_per_s", "throughput", "MB/s", True, 0, T_BODY), CPU],
-             {"mode": "get", "path": "/64m", "conns": 4, "min_duration": 3}),
+             {"mode": "get", "path": "/64m", "conns": 4, "min_duration": 2}),
     Scenario("upload-1m", "1 MiB uploads (POST), 10 conns", "http",
              [Metric("mb_per_s", "throughput", "MB/s", True, 0, T_BODY), CPU],
              {"mode": "post", "path": "/upload", "conns": 10, "body_size": MIB}),
