@@ -540,3 +540,14 @@ def test_head_ending_in_bare_lf_is_rejected_without_waiting():
     # no CRLFCRLF will ever come: answer now rather than at the header timeout
     rejects(b"GET / HTTP/1.1\r\nHost: h\n\n", 400)
     rejects(b"GET / HTTP/1.1\r\nHost: h\n\r\n", 400)
+
+
+@pytest.mark.parametrize("target", [b"foo", b"a:b", b"http:/x", b"\\a", b"?q", b"#f", b"**"])
+def test_request_target_in_no_request_form_is_rejected_as_chp_does(target):
+    # observed: CHP (Node's parser) answers 400 to each of these
+    rejects(req(b"Host: h", line=b"GET " + target + b" HTTP/1.1"), 400)
+
+
+@pytest.mark.parametrize("target", [b"/a\\b", b"//x/y", b"/a#f", b"foo://h/x", b"HTTP://h/x"])
+def test_request_target_forms_chp_accepts_are_accepted(target):
+    assert parse(req(b"Host: h", line=b"GET " + target + b" HTTP/1.1")).target == target

@@ -78,6 +78,7 @@ targets = st.one_of(
     st.sampled_from(
         [b"/", b"/user/a/api?x=1", b"*", b"http://h/abs?q", b"//x/y", b"/a%20b", b"/%zz"]
     ),
+    st.binary(max_size=20).map(lambda b: b"/" + bytes(VCHARS[x % len(VCHARS)] for x in b)),
     st.binary(min_size=1, max_size=20).map(lambda b: bytes(VCHARS[x % len(VCHARS)] for x in b)),
 )
 versions = st.sampled_from([b"HTTP/1.1"] * 6 + [b"HTTP/1.0"] * 2 + [b"HTTP/2.0", b"HTTP/0.9"])

@@ -148,13 +148,21 @@ LENIENT_FIELD_LINES = rb"(?:" + LENIENT_FIELD_LINE + rb"\r\n)*"
 # RFC 9112 3
 #   request-line   = method SP request-target SP HTTP-version
 #   method         = token
-# RFC 9112 3.2: request-target forms are all made of visible characters;
-#   "a server MUST respond with 400 to ... [an] invalid request-target".
-#   request-target = 1*VCHAR  (as h11: raw space, CTLs and non-ASCII refused)
+# RFC 9112 3.2
+#   request-target = origin-form / absolute-form / authority-form / asterisk-form
+#   origin-form    = absolute-path [ "?" query ]
+#   absolute-form  = absolute-URI
+#   asterisk-form  = "*"
+# (authority-form is CONNECT only, and CONNECT gets 501 before this matters.)
+# Every form is made of visible characters (as h11: raw space, CTLs and
+# non-ASCII are refused), and like Node's parser (so CHP) we take only a
+# target that starts with "/", is "*", or starts with "scheme://": "foo",
+# "a:b", "http:/x", "\\a" and "?q" get 400 as they do from CHP.
 # RFC 9112 2.3
 #   HTTP-version   = HTTP-name "/" DIGIT "." DIGIT
 #   HTTP-name      = %s"HTTP"
-REQUEST_TARGET = rb"[\x21-\x7e]+"
+VCHAR = rb"[\x21-\x7e]"
+REQUEST_TARGET = rb"(?:/" + VCHAR + rb"*|\*|[A-Za-z][A-Za-z0-9+.\-]*://" + VCHAR + rb"*)"
 HTTP_VERSION = rb"HTTP/([0-9])\.([0-9])"
 REQUEST_LINE = rb"(" + TOKEN + rb") (" + REQUEST_TARGET + rb") " + HTTP_VERSION
 # What an HTTP/0.9 "simple request" looks like: method SP target, no version.
@@ -403,6 +411,8 @@ def _bad_request_line(line: bytes) -> HTTPError:
         return HTTPError(400, "bare LF in request line")
     if b"\r" in line:
         return HTTPError(400, "bare CR in request line")
+    if line.startswith(b"CONNECT "):
+        return HTTPError(501, "CONNECT is not supported")
     if _simple_request_line_re.fullmatch(line):
         return HTTPError(505, "HTTP version not supported")
     parts = line.split(b" ")
