@@ -551,3 +551,9 @@ def test_request_target_in_no_request_form_is_rejected_as_chp_does(target):
 @pytest.mark.parametrize("target", [b"/a\\b", b"//x/y", b"/a#f", b"foo://h/x", b"HTTP://h/x"])
 def test_request_target_forms_chp_accepts_are_accepted(target):
     assert parse(req(b"Host: h", line=b"GET " + target + b" HTTP/1.1")).target == target
+
+
+def test_endless_leading_empty_lines_hit_the_head_limit():
+    # skipped empty lines are still buffered by the caller: they must count
+    rejects(b"\r\n" * 100, 400, max_size=100)
+    rejects(b"\r\n" * 30 + req(b"Host: h"), 431, max_size=80)

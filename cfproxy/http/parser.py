@@ -392,7 +392,7 @@ def _incomplete(buf: bytes | bytearray, start: int, max_size: int, response: boo
     cr = buf.find(b"\r", start)
     if 0 <= cr < n - 1 and buf[cr + 1] != 0x0A:
         raise HTTPError(502 if response else 400, "bare CR in message head")
-    if n - start > max_size:
+    if n > max_size:  # leading empty lines count: they are buffered too
         _too_large(buf, start, max_size, response)
     return None
 
@@ -400,7 +400,9 @@ def _incomplete(buf: bytes | bytearray, start: int, max_size: int, response: boo
 def _too_large(buf: bytes | bytearray, start: int, max_size: int, response: bool) -> None:
     if response:
         raise HTTPError(502, "response head too large")
-    line_end = buf.find(b"\r\n", start, start + max_size + 2)
+    if start >= max_size:
+        raise HTTPError(400, "too many empty lines before the request line")
+    line_end = buf.find(b"\r\n", start, max_size + 2)
     if line_end < 0:
         raise HTTPError(414, "request line too long")
     raise HTTPError(431, "request header fields too large")
@@ -454,8 +456,8 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
     Returns None when more bytes are needed, else ``(head, consumed)`` where
     ``consumed`` counts the bytes through the CRLFCRLF that ends the head
     (including skipped leading empty lines). Raises HTTPError (see the module
-    docstring for the statuses). ``max_size`` bounds the head (request line +
-    fields + final CRLF) in bytes.
+    docstring for the statuses). ``max_size`` bounds ``consumed`` (leading
+    empty lines + request line + fields + final CRLF) in bytes.
     """
     start = 0
     # RFC 9112 2.2: "a server that is expecting to receive and parse a
@@ -467,7 +469,7 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
     if end < 0:
         return _incomplete(buf, start, max_size, False)
     consumed = end + 4
-    if consumed - start > max_size:
+    if consumed > max_size:
         _too_large(buf, start, max_size, False)
     raw = bytes(buf[start:consumed])
     end = consumed - start - 2  # end of the field block within raw (its last CRLF)
