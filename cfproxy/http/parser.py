@@ -28,6 +28,8 @@ except the first:
   duplicates are rejected, reference 4.3 cfproxy note); CL + TE is rejected.
 * Transfer-Encoding in an HTTP/1.0 request is rejected (RFC 9112 6.1).
 * HTTP versions other than 1.0 and 1.1 get 505.
+* the request-target must start with "/", be "*", or start with
+  "scheme://" (what Node's parser, hence CHP, accepts; others get 400).
 * ``CONNECT`` gets 501: we do not tunnel CONNECT (CHP closes without an
   answer; a status is friendlier and equally safe).
 * the Host value must be a syntactically valid ``uri-host [":" port]``
