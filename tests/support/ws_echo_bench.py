@@ -5,7 +5,8 @@
 Peers are wsproto (tests/support/ws_backend.py as the echo server in its own process, and a
 wsproto client here): C connections, one 32-byte text message in flight each. The proxy runs
 pinned to core 0 (`taskset -c 0`), backend and client to core 1. Prints one line per target
-(direct, cfproxy, chp) with round trips/s, p50 and p99. With wsproto peers on one shared core
+(direct, cfproxy, chp) with round trips/s, p50, p99 and the proxy's CPU time per round
+trip (user+system from /proc, the number that stays meaningful on a busy machine). With wsproto peers on one shared core
 the peers cap the rate; `python -m benchmarks.wsload` (raw pre-built frames) is the cheaper
 client used by the benchmark suite.
 """
@@ -83,6 +84,13 @@ def _run_client(port: int, conns: int, duration: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _cpu_seconds(pid: int) -> float:
+    """user+system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _start(cmd: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, **(env or {})})
@@ -127,11 +135,16 @@ def main() -> None:
             wait_for_port(port)
             wait_for_port(api)
             time.sleep(0.3)
-            results[name] = _run_client(port, args.conns, args.duration)
+            cpu0 = _cpu_seconds(p.pid)
+            r = results[name] = _run_client(port, args.conns, args.duration)
+            # CPU the proxy spent per round trip (includes the client's connect and warm-up)
+            ops = r["ops_per_s"] * args.duration
+            r["proxy_cpu_us"] = (_cpu_seconds(p.pid) - cpu0) / ops * 1e6 if ops else 0.0
             _stop(p)
         for name, r in results.items():
+            cpu = f"   proxy CPU {r['proxy_cpu_us']:.1f} us/round trip" if "proxy_cpu_us" in r else ""
             print(f"{name:8s} {r['ops_per_s']:9.0f} round trips/s   p50 {r['p50_ms']:.2f} ms"
-                  f"   p99 {r['p99_ms']:.2f} ms")
+                  f"   p99 {r['p99_ms']:.2f} ms{cpu}")
         if "chp" in results:
             print(f"cfproxy/chp = {results['cfproxy']['ops_per_s'] / results['chp']['ops_per_s']:.2f}x")
     finally:
