@@ -130,6 +130,7 @@ class ClientProtocol(asyncio.Protocol):
         self.up_reusable = False
         self.sent_upstream = b""  # the head sent, for the one retry on a stale pooled conn
         self.retried = False
+        self.t_start = 0.0  # perf_counter at the request head (latency histogram)
         self.error_task: asyncio.Task | None = None
         self.ws_buf: list[bytes] | None = None
 
@@ -266,6 +267,7 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         self.req = req
         self.state = ACTIVE
+        self.t_start = time.perf_counter()
         self.route = None
         self.resp_done = False
         self.resp_status = 0
@@ -295,7 +297,8 @@ class ClientProtocol(asyncio.Protocol):
             self._start_upgrade(req)
             return
         if req.target == HEALTHZ:
-            self._respond_local(200, [(b"Content-Type", b"application/json")], HEALTHZ_BODY)
+            self._respond_local(200, [(b"Content-Type", b"application/json")], HEALTHZ_BODY,
+                                observe=False)
             self._after_head()
             return
         ctx.metrics.requests_web += 1
@@ -681,6 +684,7 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         self.resp_done = True
         self.resp_chunks = None
+        ctx.metrics.observe_request(time.perf_counter() - self.t_start, self.resp_status)
         route = self.route
         if route is not None:
             if self.resp_status < 300:
@@ -727,8 +731,10 @@ class ClientProtocol(asyncio.Protocol):
             self.transport.close()
 
     # ================================================================ local answers
-    def _respond_local(self, code: int, headers: list, body: bytes) -> None:
+    def _respond_local(self, code: int, headers: list, body: bytes, observe: bool = True) -> None:
         """Write a response the proxy generated; the exchange's response half is over."""
+        if observe:
+            self.ctx.metrics.observe_request(time.perf_counter() - self.t_start, code)
         keep = self.keep_alive and self.req.keep_alive
         self.transport.write(response_bytes(code, headers, body, keep,
                                             self.ctx.keep_alive_s, date_header()))
