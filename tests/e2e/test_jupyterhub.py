@@ -2,8 +2,9 @@
 
 a. The hub starts the proxy itself with its default `configurable-http-proxy` command
    (no proxy configuration but addresses): login through the proxy, spawn, the user's
-   page and a WebSocket echo through the proxy, the hub API through the proxy, the hub's
-   error pages through --error-target, stopping the server removes its route.
+   page and a WebSocket echo through the proxy, last_activity moving, the hub API through
+   the proxy, the hub's error pages through --error-target, the hub replacing a proxy that
+   died, stopping the server removes its route.
 b. The proxy runs as its own service (ConfigurableHTTPProxy.should_start = False): the hub
    stops, users keep working, hub requests get the error handling, a route deleted while
    the hub was down is put back when the hub restarts.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import time
 
 import pytest
 
@@ -49,6 +52,14 @@ def proxy_routes(setup: HubSetup) -> dict:
                      headers={"Authorization": f"token {setup.proxy_token}"})
     assert r.status == 200, r
     return r.json()
+
+
+def proxy_routes_or_none(setup: HubSetup) -> dict:
+    """GET /api/routes, or {} while the proxy is not (yet) answering."""
+    try:
+        return proxy_routes(setup)
+    except (OSError, AssertionError):
+        return {}
 
 
 def hub_api(setup: HubSetup, method: str, path: str, body: dict | None = None):
@@ -119,8 +130,13 @@ def test_hub_started_proxy_serves_login_spawn_page_websocket_api_and_removes_rou
         assert route["user"] == USER and route["jupyterhub"] is True, route
         assert route["target"].startswith("http://127.0.0.1:"), route
 
-        # The user's page and a forwarded request, through the proxy.
+        # The user's page and a forwarded request, through the proxy; traffic moves the
+        # route's last_activity (JupyterHub's idle culler reads it from GET /api/routes).
+        before = route["last_activity"]
+        time.sleep(0.05)
         assert_user_page(browser)
+        after = proxy_routes(setup)[f"/user/{USER}"]["last_activity"]
+        assert after > before, (before, after)  # same ISO 8601 format: compares as text
         r = browser.get(f"/user/{USER}/echo?x=1&y=%20z")
         assert r.status == 200, r
         seen = r.json()
@@ -155,6 +171,18 @@ def test_hub_started_proxy_serves_login_spawn_page_websocket_api_and_removes_rou
         assert r.status == 503, r
         assert "Your server appears to be down" in r.text, r.text[:2000]
         assert (r.header("Content-Type") or "").startswith("text/html")
+
+        # The proxy dies: the hub notices (every 5 s), starts a new one, restores the routes.
+        ws.close()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: proxy_pid(setup) != pid and pid_alive(proxy_pid(setup)), timeout=30,
+                   what="the hub to start a new proxy")
+        pid = proxy_pid(setup)
+        wait_until(lambda: f"/user/{USER}" in proxy_routes_or_none(setup), timeout=20,
+                   what="routes restored in the new proxy")
+        assert_user_page(browser)
+        ws = WebSocketClient(setup.public_port, f"/user/{USER}/ws")
+        assert ws.echo("after the proxy restart") == "after the proxy restart"
 
         # Stopping the server through the hub API removes its route; the open socket closes.
         r = hub_api(setup, "DELETE", f"/users/{USER}/server")
