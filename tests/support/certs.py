@@ -84,6 +84,10 @@ def _leaf(ca_key, ca_name: x509.Name, cn: str, *, server: bool, ip_san: bool = T
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        # AKI: Python 3.13's default contexts (VERIFY_X509_STRICT) require it
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
     )
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
