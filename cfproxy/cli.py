@@ -192,7 +192,7 @@ def help_text() -> str:
     left = 2 + 35
     lines = [f"Usage: {PROG} [options]", "", "Options:"]
     for spec, desc in rows:
-        wrapped = textwrap.wrap(desc, 80 - left) or [""]
+        wrapped = textwrap.wrap(desc, 80 - left, break_on_hyphens=False) or [""]
         first = f"  {spec:<34} {wrapped[0]}" if len(spec) <= 34 else f"  {spec} {wrapped[0]}"
         lines.append(first)
         lines += [" " * left + w for w in wrapped[1:]]

@@ -494,3 +494,18 @@ def test_module_entry_point_runs_the_cli():
 def test_cli_error_is_raised_as_clierror_by_parse_args():
     with pytest.raises(CLIError, match="--port"):
         parse_args(["--port", "70000"], env={})
+
+
+CHP_BIN = os.environ.get("CFPROXY_CHP_BIN", "/tmp/chp/node_modules/.bin/configurable-http-proxy")
+
+
+@pytest.mark.skipif(not os.path.exists(CHP_BIN), reason="CHP 5.3.0 not installed")
+def test_help_is_chp_help_plus_our_flags():
+    chp = subprocess.run([CHP_BIN, "--help"], capture_output=True, text=True, timeout=30).stdout
+    ours = run_cli("--help").stdout
+    chp_lines, our_lines = chp.splitlines(), ours.splitlines()
+    help_line = chp_lines.pop()  # "-h, --help" comes last in both
+    assert our_lines[-1] == help_line
+    assert our_lines[:len(chp_lines)] == chp_lines
+    added = "\n".join(our_lines[len(chp_lines):-1])
+    assert all(flag in added for flag in OUR_FLAGS)
