@@ -342,6 +342,9 @@ class SmallHTTPProtocol(asyncio.Protocol):
                 return
             if isinstance(event, h11.Request):
                 self._request = event
+                if self.conn.they_are_waiting_for_100_continue:
+                    self.transport.write(self.conn.send(
+                        h11.InformationalResponse(status_code=100, headers=[])) or b"")
             elif isinstance(event, h11.EndOfMessage):
                 self._respond()
                 if self.transport is None:

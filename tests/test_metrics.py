@@ -23,7 +23,7 @@ import pytest
 from cfproxy.metrics import LATENCY_BUCKETS, SUMMARY_QUANTILES, Metrics, Summary
 from cfproxy.metrics_server import format_value, render_metrics
 from tests.support.backends import EchoBackend, wait_until
-from tests.support.proxy_process import TOKEN, ProxyProcess, free_port
+from tests.support.proxy_process import TOKEN, ProxyProcess, free_port, wait_for_port
 from tests.support.ws_backend import WSBackend
 from tests.support.ws_client import HandshakeRefused, WSClient
 
@@ -276,6 +276,7 @@ def proxy(backend, ws_backend):
         for prefix, target in (("/echo", backend.url), ("/ws", ws_backend.url)):
             status, _ = api(p, "POST", f"/api/routes{prefix}", {"target": target})
             assert status == 201
+        wait_for_port(metrics_port(p))
         yield p
 
 
@@ -490,3 +491,39 @@ def test_metrics_socket_serves_metrics_over_a_unix_socket(tmp_path):
 def test_no_metrics_listener_without_the_flags():
     with ProxyProcess() as p:
         assert "Serve metrics" not in p.output()
+
+
+def test_expect_100_continue_is_answered_before_the_body(proxy):
+    with socket.create_connection(("127.0.0.1", metrics_port(proxy)), timeout=5) as s:
+        s.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 100 ")
+        s.sendall(b"body")
+        data = b""
+        while b"requests_api" not in data:
+            chunk = s.recv(65536)
+            assert chunk
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_client_that_never_reads_cannot_grow_proxy_memory(proxy):
+    """Pipelined scrapes from a client that reads nothing: the server stops reading."""
+    before = proxy.rss_kib()
+    req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", metrics_port(proxy)), timeout=5) as s:
+        s.setblocking(False)
+        sent, deadline = 0, time.monotonic() + 3
+        while sent < 20_000 and time.monotonic() < deadline:
+            try:
+                s.send(req)
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.01)
+        # without backpressure the replies pile up at ~10 MiB/s here; watch for 3 s
+        grown_kib, deadline = 0, time.monotonic() + 3
+        while time.monotonic() < deadline and grown_kib < 8_000:
+            time.sleep(0.1)
+            grown_kib = max(grown_kib, proxy.rss_kib() - before)
+    assert grown_kib < 8_000, (sent, grown_kib)
+    assert get(metrics_port(proxy), "/metrics")[0] == 200
