@@ -6,6 +6,7 @@
     tls.client_context() -> ssl.SSLContext   for https targets and an https error target
     tls.reload() -> bool           SIGHUP: re-read certificates into the live contexts
     validate_tls_files(config)     the CLI's check: one error line naming the flag
+    transport_is_tls(transport)    for protocols: TLS transports cannot stay half-open
 
 What it owns: turning CHP's TLS flags (reference 1.2, 1.4) into `ssl.SSLContext`s.
 What it must not do: open sockets or know about listeners. The contexts are created
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from cfproxy.config import Config
 from cfproxy.log import log
@@ -314,6 +316,17 @@ class TLSContexts:
             return False
         log.info("Reloaded TLS certificates (%s)", ", ".join(item[0] for item in plan))
         return True
+
+
+def transport_is_tls(transport: Any) -> bool:
+    """True for an asyncio/uvloop TLS transport.
+
+    Such transports cannot stay half-open: a protocol whose `eof_received()` returns True
+    on one gets closed anyway, and the loop logs `returning true from eof_received() has no
+    effect when using ssl` to stderr once per connection. Protocols should return
+    `not transport_is_tls(transport)` where they would keep a plain connection open.
+    """
+    return transport is not None and transport.get_extra_info("sslcontext") is not None
 
 
 def build_tls(config: Config) -> TLSContexts:
