@@ -474,3 +474,28 @@ def test_upgrade_through_a_route_with_a_target_path(bare_proxy, backend):
         await ws.close()
         return info
     assert run(main())["target"] == "/base/prefixed/lab/ws?token=t"
+
+
+# --- metrics (reference 4.5 last item, 6) --------------------------------------------
+
+def test_requests_ws_counts_every_upgrade_and_a_101_is_no_requests_proxy_sample(backend):
+    mport = free_port()
+    with ProxyProcess("--metrics-port", str(mport), "--metrics-ip", "127.0.0.1") as p:
+        add_route(p, "/ok", backend.url)
+
+        async def main():
+            for _ in range(3):
+                ws = await WSClient.connect(port=p.port, path="/ok/ws")
+                assert await ws.recv() == "connected"
+                await ws.close()
+        run(main())
+        got, closed = raw_exchange(p.port, UPGRADE % b"/missing")
+        assert got.startswith(b"HTTP/1.1 404") and closed
+        conn = http.client.HTTPConnection("127.0.0.1", mport, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+    lines = text.splitlines()
+    assert "requests_ws 4" in lines, [x for x in lines if x.startswith("requests_ws")]
+    assert 'requests_proxy{status="404"} 1' in lines
+    assert not any(x.startswith('requests_proxy{status="101"}') for x in lines)
