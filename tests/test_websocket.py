@@ -499,3 +499,36 @@ def test_requests_ws_counts_every_upgrade_and_a_101_is_no_requests_proxy_sample(
     assert "requests_ws 4" in lines, [x for x in lines if x.startswith("requests_ws")]
     assert 'requests_proxy{status="404"} 1' in lines
     assert not any(x.startswith('requests_proxy{status="101"}') for x in lines)
+
+
+# --- route changes under open websockets (reference 4.4) ------------------------------
+
+def test_deleting_the_route_keeps_an_open_websocket_working(wsproxy, backend):
+    add_route(wsproxy, "/gone", backend.url)
+
+    async def main():
+        ws = await WSClient.connect(port=wsproxy.port, path="/gone/ws")
+        assert await ws.recv() == "connected"
+        status, _ = api(wsproxy, "DELETE", "/gone")
+        assert status == 204
+        await ws.send("still tunnelled")
+        assert await ws.recv() == "still tunnelled"
+        await ws.close()
+    run(main())
+
+
+def test_replacing_the_route_keeps_the_websocket_and_its_activity_moves_the_new_route(
+        wsproxy, backend):
+    add_route(wsproxy, "/swap", backend.url)
+
+    async def main():
+        ws = await WSClient.connect(port=wsproxy.port, path="/swap/ws")
+        assert await ws.recv() == "connected"
+        add_route(wsproxy, "/swap", backend.url + "/other")  # a new Route object
+        replaced = last_activity(wsproxy, "/swap")
+        await asyncio.sleep(1.2)  # past the tunnel's once-a-second route check
+        await ws.send("after the swap")
+        assert await ws.recv() == "after the swap"
+        assert (last_activity(wsproxy, "/swap") - replaced).total_seconds() >= 1.0
+        await ws.close()
+    run(main())
