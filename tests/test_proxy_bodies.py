@@ -203,3 +203,32 @@ def test_slow_reader_of_huge_response_keeps_proxy_memory_bounded(backend):
     assert got >= size  # head + body
     assert peak - base_rss < 64 * 1024, (base_rss, peak)
 
+
+
+def test_http10_target_status_line_reaches_client_as_http11():
+    """Node writes its own status line: a target speaking HTTP/1.0 is relayed as HTTP/1.1."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def answer():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn.close()
+
+    import threading
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        with ProxyProcess("--default-target", f"http://127.0.0.1:{port}") as p:
+            with RawConn(p.port) as c:
+                c.send(build_request("GET", "/old"))
+                raw = c.sock.recv(65536)
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n"), raw
+        assert raw.endswith(b"\r\n\r\nok")
+    finally:
+        t.join(5)
+        srv.close()

@@ -233,6 +233,9 @@ class HeaderRewriter:
                 has_date = True
                 break
         raw = resp.raw
+        if resp.version != 11:
+            # Node writes its own status line: always HTTP/1.1, whatever the target spoke
+            raw = b"HTTP/1.1" + raw[8:]
         if mode <= BODY_CHUNKED and not rewrite:
             if has_date and add_conn is None:
                 return raw, mode, keep_alive
