@@ -285,25 +285,26 @@ def test_linger_aborts_a_peer_that_never_reads(monkeypatch):
     run(main())
 
 
-def test_tunnel_on_an_already_closing_transport_is_not_registered():
+def test_tunnel_on_an_already_closing_transport_delivers_what_it_can_and_closes():
     async def main():
         loop = asyncio.get_running_loop()
         accepted: asyncio.Queue = asyncio.Queue()
         server = await loop.create_server(lambda: _Placeholder(accepted), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        c1, _ = await loop.create_connection(_Sink, "127.0.0.1", port)
+        client_peer = _Sink()
+        await loop.create_connection(lambda: client_peer, "127.0.0.1", port)
         ct = await accepted.get()
-        c2, _ = await loop.create_connection(_Sink, "127.0.0.1", port)
+        upstream_peer = _Sink()
+        await loop.create_connection(lambda: upstream_peer, "127.0.0.1", port)
         ut = await accepted.get()
-        ct.close()
+        ct.close()  # the client side is already going away
         app = SimpleNamespace(tunnels=set(), connections=set(), metrics=Metrics())
         route = SimpleNamespace(prefix="/", last_activity=0.0)
-        t = open_tunnel(app, route, ct, ut, b"", b"")
-        assert not app.tunnels and t.closed
-        await asyncio.sleep(0.05)
-        assert ut.is_closing()
-        c1.abort()
-        c2.abort()
+        t = open_tunnel(app, route, ct, ut, b"late client bytes", b"")
+        assert t.closed
+        assert await upstream_peer.wait_for(17) == b"late client bytes"
+        await asyncio.wait_for(upstream_peer.eof.wait(), 2)
+        await _wait(lambda: not app.tunnels)
         server.close()
     run(main())
 

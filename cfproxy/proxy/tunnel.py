@@ -253,18 +253,25 @@ def open_tunnel(app: Any, route: Any, client_transport: Any, upstream_transport:
     """
     tunnel = Tunnel(app, route, client_transport, upstream_transport)
     app.connections.discard(client_transport.get_protocol())
-    if client_transport.is_closing() or upstream_transport.is_closing():
-        # One side is already going away; whether its connection_lost was
-        # delivered to the old protocol is unknown, so do not wait for it.
-        tunnel.closed = True
-        client_transport.set_protocol(tunnel.client_end)
-        upstream_transport.set_protocol(tunnel.upstream_end)
-        tunnel.abort()
-        tunnel.client_end.lost = tunnel.upstream_end.lost = True
-        return tunnel
     app.tunnels.add(tunnel)
     client_transport.set_protocol(tunnel.client_end)
     upstream_transport.set_protocol(tunnel.upstream_end)
+    if client_transport.is_closing() or upstream_transport.is_closing():
+        # One side is already going away. Whether its connection_lost already went
+        # to the old protocol is unknown, so count it as gone now (a later callback
+        # is harmless); deliver what we can to the other side and close it.
+        for end in (tunnel.client_end, tunnel.upstream_end):
+            if end.transport.is_closing():
+                end.lost = True
+        if to_client and not client_transport.is_closing():
+            client_transport.write(to_client)
+        if to_upstream and not upstream_transport.is_closing():
+            upstream_transport.write(to_upstream)
+        if tunnel.done:
+            tunnel._finish()
+        else:
+            tunnel._close_both()
+        return tunnel
     _keepalive(client_transport)
     _keepalive(upstream_transport)
     if to_upstream:
