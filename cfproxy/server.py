@@ -339,6 +339,9 @@ async def _load_routes(app: Any) -> None:
     """Fill the table from a store that does not own it (third-party / shared stores)."""
     from cfproxy.store.sync import load_table
 
+    start = getattr(app.store, "start", None)
+    if start is not None:
+        await start()  # shared stores (redis) connect, load the table and start syncing here
     await load_table(app.store, app.table)
 
 
