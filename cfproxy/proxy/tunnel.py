@@ -41,6 +41,7 @@ What this module must not do: parse or buffer frames, await anything, log per ch
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from time import time as _time
 from typing import Any
@@ -291,6 +292,6 @@ def open_tunnel(app: Any, route: Any, client_transport: Any, upstream_transport:
         upstream_transport.pause_reading()
     else:
         upstream_transport.resume_reading()
-    if log.isEnabledFor(10):
+    if log.isEnabledFor(logging.DEBUG):
         log.debug("Tunnel open %s", getattr(route, "prefix", route))
     return tunnel
