@@ -36,6 +36,7 @@ import h11
 from cfproxy.api.handlers import ApiResponse, Prepared, fail, preflight
 from cfproxy.config import API_MAX_BODY_SIZE
 from cfproxy.log import log
+from cfproxy.tls import transport_is_tls
 
 KEEP_ALIVE_S = 5.0  # Node's default, independent of --keep-alive-timeout (reference 2.1)
 LINGER_S = 2.0  # how long a rejected request's remaining upload is read and discarded
@@ -126,7 +127,9 @@ class ApiProtocol(asyncio.Protocol):
         self.conn.receive_data(b"")
         if self.task is None:
             self._process()
-        return True  # keep the write side open for a response in progress
+        # keep the write side open for a response in progress; TLS transports cannot
+        # half-close, and asyncio warns on stderr when asked to
+        return not transport_is_tls(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
