@@ -108,6 +108,11 @@ def wsproxy(backend):
     with ProxyProcess("--default-target", backend.url, "--custom-header", "X-Custom: yes",
                       "--timeout", "500") as p:
         yield p
+        # Everything the module's clients and backend did (resets, vanishing peers, refusals)
+        # must leave no traceback or asyncio "Fatal error" in the proxy's output.
+        out = p.output()
+        for marker in ("Traceback", "Fatal error", "Uncaught Exception", "Exception in callback"):
+            assert marker not in out, out[-4000:]
 
 
 @pytest.fixture(scope="module")
