@@ -32,11 +32,13 @@ is newer than what it already knows for that key (the writer applies its own
 write at once, when the script returns, and ignores the echo; a late echo of
 an older write can never undo a newer one).
 
-Rule 3: a full resync (snapshot of every key in one MULTI, at start-up, every
-`resync_interval` seconds, after a reconnect, and on an epoch change) repairs
-whatever pub/sub lost. Routes written after the snapshot (a newer sequence
-number applied locally) are left alone; messages older than the snapshot are
-ignored.
+Rule 3: a full resync (snapshot of every key in one MULTI) repairs whatever
+pub/sub lost. It runs at start-up, after a reconnect, on an epoch change, when
+a message arrives out of sequence, and when the periodic check (every
+`resync_interval` seconds: P:epoch and P:seq only) finds a change this replica
+never heard of; every 6th check resyncs regardless (out-of-band edits). Routes
+written after the snapshot (a newer sequence number applied locally) are left
+alone; messages older than the snapshot are ignored.
 
 Rule 4: the epoch detects a Redis that lost its data (restart without
 persistence, FLUSHALL, eviction). A replica that finds the epoch missing, or
@@ -87,7 +89,7 @@ DEFAULT_FLUSH_INTERVAL = 1.0  # seconds between last_activity flushes
 RECONNECT_MIN = 0.1  # first reconnect delay (s), doubled per failure ...
 RECONNECT_MAX = 5.0  # ... up to this
 CONNECT_TIMEOUT = 2.0  # default socket_connect_timeout (s) unless the URL sets one
-COMMAND_TIMEOUT = 5.0  # default socket_timeout (s): a hung Redis fails API calls, not hangs them
+COMMAND_TIMEOUT = 2.0  # default socket_timeout (s): a hung Redis fails API calls, not hangs them
 FLUSH_CHUNK = 1000  # routes per ZADD
 FULL_RESYNC_EVERY = 6  # the periodic check reads everything every 6th time, else 2 counters
 
@@ -225,8 +227,10 @@ class RedisStore(RouteStore):
         self.resync_interval = _seconds(options, "resync_interval", DEFAULT_RESYNC_INTERVAL)
         self.flush_interval = _seconds(options, "flush_interval", DEFAULT_FLUSH_INTERVAL)
         kwargs: dict[str, Any] = {
-            # one quick retry: the first command on a pooled connection to a restarted Redis fails
-            "retry": Retry(ExponentialBackoff(cap=0.1, base=0.02), 1),
+            # one quick retry: the first command on a pooled connection to a restarted Redis
+            # fails. Not on a timeout: a hung Redis answers the API in COMMAND_TIMEOUT.
+            "retry": Retry(ExponentialBackoff(cap=0.1, base=0.02), 1,
+                           supported_errors=(aioredis.ConnectionError,)),
         }
         query = dict(parse_qsl(urlsplit(redis_url).query))
         if "socket_connect_timeout" not in query:
@@ -310,7 +314,11 @@ class RedisStore(RouteStore):
             await self._call(self.resync())  # Redis lost its data (rule 4): repair first
         if value is None:
             return None
-        _prefix, data = _decode_value(value)
+        try:
+            _prefix, data = _decode_value(value)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+            log.warning("Unreadable route %r in %s (a POST replaces it)", mkey, self._keys[0])
+            return None
         data["last_activity"] = to_datetime(self._aggregate(mkey, activity))
         return data
 
