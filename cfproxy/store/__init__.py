@@ -87,6 +87,7 @@ def load_store(config: Any, table: Any) -> RouteStore:
         except ImportError as e:
             raise StoreLoadError(f"--storage-backend {spec!r}: redis store unavailable: {e}") from None
         cls = module.RedisStore
+        spec = module.redacted_url(spec)  # the messages below never show a password
     else:
         cls = _import_class(spec)
     if not callable(cls):
