@@ -242,7 +242,8 @@ def test_proxy_serves_on_while_redis_is_down_and_replicas_resync_after_restart(b
             assert wait_until(lambda: api_status(b.api_port, "GET", "/api/routes") == 200, timeout=8.0)
             assert route_keys(b.api_port, "/ha/") == ["/ha/first", "/ha/second"]
             assert api(b.api_port, "POST", "/api/routes/ha/third", {"target": backend.url})[0] == 201
-            assert wait_until(lambda: routed(a.port, "/ha/third/x") == 200, timeout=3.0)
+            # A hears it once its reconnect backoff (at most 5 s) has run out
+            assert wait_until(lambda: routed(a.port, "/ha/third/x") == 200, timeout=8.0)
             assert "Reconnected to Redis" in a.output()
 
 
@@ -274,11 +275,18 @@ def test_bad_store_url_option_exits_1_naming_it(query, word):
     assert "Traceback" not in out
 
 
-def test_password_in_the_store_url_is_not_logged():
-    r = run_cli("--port", str(free_port()), "--api-port", str(free_port()),
-                "--storage-backend", f"redis://user:hunter2@127.0.0.1:{free_port()}/0")
+@pytest.mark.parametrize("where, error", [
+    ("user:{pw}@127.0.0.1:{port}/0", "is unavailable"),
+    ("127.0.0.1:{port}/0?password={pw}", "is unavailable"),
+    ("user:{pw}@127.0.0.1:{port}/0?flush_interval=never", "flush_interval"),
+])
+def test_password_in_the_store_url_is_not_logged(where, error):
+    url = "redis://" + where.format(pw="hunter2", port=free_port())
+    r = run_cli("--port", str(free_port()), "--api-port", str(free_port()), "--storage-backend", url)
     assert r.returncode == 1
-    assert "hunter2" not in r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert error in out
+    assert "hunter2" not in out
 
 
 def test_garbage_on_the_change_channel_is_ignored(pair, backend, redis_base):

@@ -189,14 +189,17 @@ def _seconds(options: dict[str, str], name: str, default: float) -> float:
     return value
 
 
-def _redacted(url: str) -> str:
-    """The URL without its password, for messages."""
+def redacted_url(url: str) -> str:
+    """The URL without its password (user:password@ or ?password=), for messages."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "password" for k, _ in query):
+        parts = parts._replace(query=urlencode(
+            [(k, "***" if k == "password" else v) for k, v in query], safe="*"))
+    return urlunsplit(parts)
 
 
 class RedisStore(RouteStore):
@@ -219,7 +222,7 @@ class RedisStore(RouteStore):
         self._table = table if table is not None else RouteTable(
             host_routing=bool(getattr(config, "host_routing", False)))
         redis_url, options = parse_url(url)
-        self.url = _redacted(url)
+        self.url = redacted_url(url)
         prefix = options.get("prefix", DEFAULT_PREFIX)
         if not prefix:
             raise ValueError("prefix= in the redis URL must not be empty")
