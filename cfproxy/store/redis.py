@@ -45,7 +45,8 @@ persistence, FLUSHALL, eviction). A replica that finds the epoch missing, or
 changed under it, merges its own table back into Redis (routes Redis does not
 have are re-added, in the replica's order) and everyone resyncs: a restarted
 Redis gets its routes back from the replicas instead of every replica
-dropping its routes.
+dropping its routes. API reads and writes that find the epoch gone repair
+first, so the Hub never sees the empty interval.
 
 last_activity: the hot path writes a float into the local Route (as with the
 memory store). Every `flush_interval` seconds the routes whose activity moved
