@@ -82,7 +82,7 @@ def run_wrk(port: int, *, path: str = "/", mode: str = "get", conns: int = 10,
     errors = (r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["status_errors"]
               + r["timeouts"])
     up = r["requests"] * body_size if mode == "post" else 0
-    return {"requests": r["requests"], "req_per_s": r["requests"] / secs,
+    return {"requests": r["requests"], "seconds": secs, "req_per_s": r["requests"] / secs,
             "mb_per_s": (r["bytes"] + up) / secs / 1e6,
             "down_mb_per_s": r["bytes"] / secs / 1e6, "up_mb_per_s": up / secs / 1e6,
             "p50_ms": r["p50_us"] / 1000, "p99_ms": r["p99_us"] / 1000,
