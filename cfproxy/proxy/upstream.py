@@ -105,7 +105,11 @@ class UpstreamPools:
 
     def acquire(self, target: Target) -> UpstreamConnection | None:
         """A live idle connection to `target`, or None (then `connect`)."""
-        lst = self.idle.get(target.pool_key)
+        return self.acquire_key(target.pool_key)
+
+    def acquire_key(self, key: tuple) -> UpstreamConnection | None:
+        """A live idle connection of pool `key` (a Target.pool_key), or None."""
+        lst = self.idle.get(key)
         while lst:
             conn = lst.pop()
             if conn.alive and not conn.transport.is_closing():
@@ -116,10 +120,13 @@ class UpstreamPools:
     def release(self, conn: UpstreamConnection) -> None:
         """Put a connection whose response ended cleanly back into its pool."""
         conn.owner = None
-        if not conn.alive or self.closed or conn.transport.is_closing():
+        if not conn.alive or self.closed:
             conn.close()
             return
-        conn.gate.release_all()  # idle connections read, so a close by the target is seen
+        # (a transport closing meanwhile is skipped by acquire_key, and its
+        # connection_lost discards it)
+        if conn.gate.held:
+            conn.gate.release_all()  # idle connections read, so a close by the target is seen
         lst = self.idle.get(conn.key)
         if lst is None:
             lst = self.idle[conn.key] = []

@@ -12,7 +12,12 @@ Owns the in-memory route table the proxy's hot path reads synchronously:
 
 Route has: prefix (the key as posted), data (dict, as posted, without
 last_activity), target (cfproxy.routing.target.Target, parsed once),
-last_activity (float, time.time()).
+last_activity (float, time.time()), pool_key (target.pool_key, computed once:
+the proxy reads it per request).
+
+`RouteTable.version` grows by one on every write (add, remove, clear): a reader
+that caches lookup results (the proxy does, per request-target) drops its cache
+when the version moved.
 
 Keys. A prefix is canonicalised as "/" + its segments joined by "/" (all
 leading and trailing slashes dropped, inner empty segments kept), the same
@@ -41,13 +46,14 @@ from cfproxy.routing.trie import URLTrie, join_path, split_path
 class Route:
     """One route: prefix -> data (with a parsed target) and its last activity."""
 
-    __slots__ = ("prefix", "data", "target", "last_activity")
+    __slots__ = ("prefix", "data", "target", "last_activity", "pool_key")
 
     def __init__(self, prefix: str, data: dict, target: Target, last_activity: float) -> None:
         self.prefix = prefix
         self.data = data
         self.target = target
         self.last_activity = last_activity
+        self.pool_key = target.pool_key
 
     def __repr__(self) -> str:
         return f"<Route {self.prefix!r} -> {self.target.url!r}>"
@@ -61,10 +67,11 @@ def canonical_prefix(prefix: str) -> str:
 class RouteTable:
     """Insertion-ordered routes plus a URLTrie for longest-prefix lookup."""
 
-    __slots__ = ("host_routing", "_routes", "_trie")
+    __slots__ = ("host_routing", "_routes", "_trie", "version")
 
     def __init__(self, host_routing: bool = False) -> None:
         self.host_routing = host_routing
+        self.version = 0  # +1 on every write
         self._routes: dict[str, Route] = {}  # match key -> Route, in insertion order
         self._trie = URLTrie()  # match key -> Route
 
@@ -93,6 +100,7 @@ class RouteTable:
         key = self.match_key(prefix)
         self._routes[key] = route  # an existing key keeps its position
         self._trie.add(key, route)
+        self.version += 1
         return route
 
     def remove(self, prefix: str) -> bool:
@@ -101,11 +109,13 @@ class RouteTable:
         if self._routes.pop(key, None) is None:
             return False
         self._trie.remove(key)
+        self.version += 1
         return True
 
     def clear(self) -> None:
         self._routes.clear()
         self._trie = URLTrie()
+        self.version += 1
 
     # --- reads -------------------------------------------------------------
     def get(self, prefix: str) -> Route | None:
