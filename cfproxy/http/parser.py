@@ -672,6 +672,9 @@ def parse_response_head(buf: bytes | bytearray, max_size: int) -> tuple[Response
         value = value.rstrip(b" \t")
         lname = name.lower()
         if lname == _CONTENT_LENGTH:
+            if content_length is None and value.isdigit() and len(value) <= 18:
+                content_length = int(value)  # the common case: one plain number
+                continue
             # RFC 9110 8.6: a list of identical values may be accepted.
             for item in value.split(b","):
                 item = item.strip(b" \t")

@@ -37,6 +37,8 @@ _TRAILER = b"trailer"
 _HOST = b"host"
 _BODYLESS_DEFAULT_CL = (b"DELETE", b"OPTIONS")
 TAIL_CACHE_MAX = 1024
+_CONNECTION_KEEP_ALIVE = b"Connection: keep-alive\r\n"
+_CONNECTION_CLOSE = b"Connection: close\r\n"
 
 # --- Date header, formatted at most once per second -------------------------------------
 _date_cache = [0, b""]
@@ -262,19 +264,29 @@ class HeaderRewriter:
         if conn is None:
             conn = req.connection
             if conn is None:
-                conn = b"keep-alive" if client11 else b"close"
-            add_conn = b"Connection: " + conn + b"\r\n"
-        keep_alive = req.keep_alive and mode < BODY_DECHUNK and not has_close(conn)
-        has_date = resp.date is not None
+                if client11:
+                    add_conn = _CONNECTION_KEEP_ALIVE
+                    keep_alive = req.keep_alive and mode < BODY_DECHUNK
+                else:
+                    add_conn = _CONNECTION_CLOSE
+                    keep_alive = False
+            else:
+                add_conn = b"Connection: " + conn + b"\r\n"
+        if add_conn is None or conn is not None:
+            keep_alive = req.keep_alive and mode < BODY_DECHUNK and not has_close(conn)
         rewrite = self.rewrite_location and resp.status in REDIRECT_STATUSES
         raw = resp.raw
         if resp.version != 11:
             # Node writes its own status line: always HTTP/1.1, whatever the target spoke
             raw = b"HTTP/1.1" + raw[8:]
         if mode <= BODY_CHUNKED and not rewrite:
-            if has_date and add_conn is None:
-                return raw, mode, keep_alive
-            out = [raw[:-2]]
+            # the common case: the head as received plus what is missing (one join)
+            if resp.date is not None:
+                if add_conn is None:
+                    return raw, mode, keep_alive
+                return b"".join((raw[:-2], add_conn, b"\r\n")), mode, keep_alive
+            return (b"".join((raw[:-2], date_header(), add_conn or b"", b"\r\n")), mode,
+                    keep_alive)
         else:
             out = [raw[: raw.index(b"\r\n") + 2]]
             for name, value in resp.headers:
@@ -286,7 +298,7 @@ class HeaderRewriter:
                 out += (name, b": ", value, b"\r\n")
             if mode == BODY_RECHUNK:
                 out.append(b"Transfer-Encoding: chunked\r\n")
-        if not has_date:
+        if resp.date is None:
             out.append(date_header())
         if add_conn is not None:
             out.append(add_conn)
