@@ -13,13 +13,23 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 from benchmarks import procs, scenarios
 from benchmarks.backend import raise_nofile
-from benchmarks.peers import ALL_PEERS, PEER_CLASSES, Backends, Peer, make_tmp
+from benchmarks.peers import (
+    ALL_PEERS,
+    PEER_CLASSES,
+    REPO,
+    Backends,
+    Peer,
+    find_chp,
+    find_nginx,
+    make_tmp,
+)
 from benchmarks.report import Results
 from benchmarks.wrkload import wrk_path
 
@@ -150,7 +160,29 @@ class Run:
         return n
 
     # --- the run ----------------------------------------------------------------------------
+    def install_missing_tools(self) -> None:
+        """On a fresh machine, fetch what the run needs (CHP with npm; wrk and nginx with
+        apt-get where allowed) by the scripts in scripts/, best effort and bounded in time.
+        CFPROXY_BENCH_NO_INSTALL=1 turns this off."""
+        if os.environ.get("CFPROXY_BENCH_NO_INSTALL"):
+            return
+        wants_chp = "chp" in self.args.peer_list and not find_chp() and shutil.which("npm")
+        wants_tools = not wrk_path() or ("nginx" in self.args.peer_list and not find_nginx())
+        scripts = REPO / "scripts"
+        for needed, script in ((wants_tools, "install-bench-tools.sh"), (wants_chp, "install-chp.sh")):
+            if not needed:
+                continue
+            sys.stderr.write(f"installing missing benchmark tools: scripts/{script}\n")
+            try:
+                subprocess.run(["sh", str(scripts / script)], timeout=600, check=False,
+                               stdout=subprocess.DEVNULL, stderr=sys.stderr)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self.results.notes.append(f"scripts/{script} failed: {e}")
+            if script == "install-bench-tools.sh":
+                wants_chp = "chp" in self.args.peer_list and not find_chp() and shutil.which("npm")
+
     def check_peers(self) -> None:
+        self.install_missing_tools()
         for name in sorted(set(self.args.peer_list), key=ALL_PEERS.index):
             why = self.make_peer(name).unavailable()
             if why:
