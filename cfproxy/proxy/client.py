@@ -31,7 +31,15 @@ from cfproxy.http.errors import ErrorPages, response_bytes
 from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head, parse_response_head
 from cfproxy.http.urlpath import MalformedPath, forward_path, routing_path
 from cfproxy.log import debug_enabled, log
-from cfproxy.proxy.flow import CONNECTING, PEER_BUSY, QUEUED, Deadline, ReadGate
+from cfproxy.proxy.flow import (
+    CONNECTING,
+    PEER_BUSY,
+    QUEUED,
+    Deadline,
+    ReadGate,
+    TimerWheel,
+    timer_wheel,
+)
 from cfproxy.proxy.headers import (
     BODY_CHUNKED,
     BODY_CLOSE,
@@ -92,6 +100,7 @@ class ProxyContext:
         # valid for table.version == route_cache_version
         self.route_cache: dict[bytes, tuple] = {}
         self.route_cache_version = -1
+        self.wheel: TimerWheel | None = None  # the loop's deadline wheel, on first connection
 
 
 def log_path(target: bytes) -> str:
@@ -149,12 +158,14 @@ class ClientProtocol(asyncio.Protocol):
             self.client_ip = str(peer[0]).encode("latin-1")
         self.tls = transport.get_extra_info("sslcontext") is not None
         ctx.connections.add(self)
-        loop = asyncio.get_running_loop()
-        self.deadline = Deadline(loop, self._on_deadline)
+        wheel = ctx.wheel
+        if wheel is None:
+            wheel = ctx.wheel = timer_wheel(asyncio.get_running_loop())
+        self.deadline = Deadline(wheel.loop, self._on_deadline, wheel)
         self.dkind = T_HEAD
         self.deadline.set(ctx.header_timeout)
         if ctx.proxy_timeout:
-            self.pdeadline = Deadline(loop, self._on_proxy_timeout)
+            self.pdeadline = Deadline(wheel.loop, self._on_proxy_timeout, wheel)
         if ctx.app.shutting_down:
             transport.close()
 
