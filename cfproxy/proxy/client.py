@@ -540,7 +540,7 @@ class ClientProtocol(asyncio.Protocol):
             resp, consumed = parsed
             buf = buf[consumed:]
             status = resp.status
-            if 100 <= status < 200 and status != 101:
+            if status < 200 and status >= 100 and status != 101:
                 continue  # interim responses: the proxy answered 100 Continue itself
             self.resp_buf = b""
             if self.state == UPGRADING:
@@ -556,7 +556,7 @@ class ClientProtocol(asyncio.Protocol):
         status = resp.status
         self.resp_status = status
         ctx.metrics.requests_proxy[status] += 1
-        no_body = req.method == b"HEAD" or status in (204, 304) or status < 200
+        no_body = status < 200 or status == 204 or status == 304 or req.method == b"HEAD"
         head, mode, keep = ctx.rewriter.response_head(resp, req, no_body, self.route.target)
         if ctx.timeout:
             self.deadline.set(ctx.timeout)
@@ -759,7 +759,8 @@ class ClientProtocol(asyncio.Protocol):
             self._close()
             return
         self.state = IDLE
-        self.gate.release(QUEUED | CONNECTING)
+        if self.gate.held:
+            self.gate.release(QUEUED | CONNECTING)
         if self.buf:
             self._parse(self.buf)
         elif self.dkind != T_KEEPALIVE:
