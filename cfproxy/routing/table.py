@@ -13,7 +13,8 @@ Owns the in-memory route table the proxy's hot path reads synchronously:
 Route has: prefix (the key as posted), data (dict, as posted, without
 last_activity), target (cfproxy.routing.target.Target, parsed once),
 last_activity (float, time.time()), pool_key (target.pool_key, computed once:
-the proxy reads it per request).
+the proxy reads it per request), api_json / api_json_la (the REST API's cached
+JSON rendering of the route and the last_activity it was rendered with).
 
 `RouteTable.version` grows by one on every write (add, remove, clear): a reader
 that caches lookup results (the proxy does, per request-target) drops its cache
@@ -46,7 +47,7 @@ from cfproxy.routing.trie import URLTrie, join_path, split_path
 class Route:
     """One route: prefix -> data (with a parsed target) and its last activity."""
 
-    __slots__ = ("prefix", "data", "target", "last_activity", "pool_key")
+    __slots__ = ("prefix", "data", "target", "last_activity", "pool_key", "api_json", "api_json_la")
 
     def __init__(self, prefix: str, data: dict, target: Target, last_activity: float) -> None:
         self.prefix = prefix
@@ -54,6 +55,10 @@ class Route:
         self.target = target
         self.last_activity = last_activity
         self.pool_key = target.pool_key
+        # The API's cached `"prefix":{...}` JSON fragment and the last_activity it shows
+        # (api/handlers.py owns both; whoever mutates `data` in place sets api_json = None).
+        self.api_json: bytes | None = None
+        self.api_json_la = 0.0
 
     def __repr__(self) -> str:
         return f"<Route {self.prefix!r} -> {self.target.url!r}>"
