@@ -20,6 +20,14 @@ locally (the body is then read and dropped, keeping the connection usable).
 
 Must not: await per request, log on success unless debug is on, copy body bytes, or touch
 a store (last_activity is a float written into the Route, 4.10).
+
+Hot path (measured; see the git log for before/after numbers): a small keep-alive GET
+costs ~89k instructions of Python here (callgrind, fake transports), ~11 us of user
+CPU live, against ~1.4 us for a bare uvloop byte relay. Hence: (route, forwarded path)
+is cached per request-target while `table.version` is unchanged; the head is forwarded
+as received plus a cached tail (headers.py); dispatch to a pooled connection is inlined
+in `_start`; deadlines are lazy and share one timer wheel per loop (flow.py); one write
+per direction per exchange when the response arrives whole.
 """
 
 from __future__ import annotations
