@@ -62,6 +62,7 @@ class MemoryStore(RouteStore):
             self.table.add(route.prefix, {**route.data, **data}, route.last_activity)
         else:
             route.data.update(data)
+            route.api_json = None  # the API's cached rendering shows the old data
 
     async def remove(self, path: str) -> None:
         self.table.remove(self.clean_path(path))

@@ -1,0 +1,110 @@
+"""GET /api/routes rendering from cached per-route fragments: byte for byte what rendering the
+whole dict with orjson gives, whatever changed since the last GET (sans I/O, in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cfproxy.api.handlers import _route_json, iso_ms, render_route_list, route_fragment
+from cfproxy.routing.table import RouteTable
+from cfproxy.store.memory import MemoryStore
+
+T = "http://127.0.0.1:9100"
+
+
+def reference(table: RouteTable, since: int | None = None) -> bytes:
+    """The list as the pre-cache code rendered it: one dict, one orjson.dumps."""
+    out = {}
+    for route in table:
+        la = route.last_activity
+        if since is None or math.floor(la * 1000) < since:
+            out[route.prefix] = _route_json(route.data, la)
+    return orjson.dumps(out)
+
+
+def make_table(n: int = 5) -> RouteTable:
+    table = RouteTable()
+    for i in range(n):
+        table.add(f"/user/{i}", {"target": T, "i": i, "f": 1.5}, 1_700_000_000.0 + i * 0.3337)
+    return table
+
+
+def test_list_matches_whole_dict_rendering():
+    table = make_table()
+    table.add("/odd\"key/é", {"target": T, "u": "zoë \u0001 / 日"}, 1_700_000_000.5)
+    assert render_route_list(table, None) == reference(table)
+
+
+def test_empty_table_renders_empty_object():
+    assert render_route_list(RouteTable(), None) == b"{}"
+
+
+def test_second_render_reuses_the_cached_fragment_object():
+    table = make_table(1)
+    route = table.get("/user/0")
+    first = route_fragment(route, route.last_activity)
+    assert route_fragment(route, route.last_activity) is first
+
+
+def test_moved_last_activity_is_rendered_not_the_cached_one():
+    table = make_table()
+    render_route_list(table, None)
+    route = table.get("/user/2")
+    route.last_activity += 12345.678
+    body = render_route_list(table, None)
+    assert body == reference(table)
+    assert iso_ms(route.last_activity).encode() in body
+
+
+def test_data_changed_through_the_store_is_rendered_not_the_cached_one():
+    table = make_table()
+    store = MemoryStore(table)
+    render_route_list(table, None)
+    asyncio.run(store.update("/user/1", {"extra": [1, 2]}))
+    body = render_route_list(table, None)
+    assert b'"extra":[1,2]' in body
+    assert body == reference(table)
+
+
+def test_posted_last_activity_key_keeps_its_position_across_activity_changes():
+    table = RouteTable()
+    route = table.add("/a", {"last_activity": "x", "target": T}, 1_700_000_000.0)
+    assert render_route_list(table, None) == reference(table)
+    route.last_activity = 1_700_000_100.25
+    assert render_route_list(table, None) == reference(table)
+    assert render_route_list(table, None).startswith(b'{"/a":{"last_activity":"2023-')
+
+
+def test_inactive_since_keeps_strictly_earlier_routes_at_millisecond_precision():
+    table = RouteTable()
+    table.add("/a", {"target": T}, 1000.0005)  # floor -> 1000000 ms
+    table.add("/b", {"target": T}, 1000.0015)  # floor -> 1000001 ms
+    table.add("/c", {"target": T}, 1001.0)  # exactly 1001000 ms: not earlier than itself
+    for since in (999_999, 1_000_000, 1_000_001, 1_000_002, 1_001_000, 1_001_001):
+        assert render_route_list(table, since) == reference(table, since)
+    assert render_route_list(table, 1_000_001) == reference(table, 1_000_001) != b"{}"
+    assert b'"/c"' not in render_route_list(table, 1_001_000)
+
+
+timestamps = st.one_of(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    st.floats(min_value=-1e10, max_value=3e11, allow_nan=False),  # before 1970, after 9999
+    st.integers(min_value=0, max_value=4_000_000_000).map(lambda s: s / 1000),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=timestamps, then=timestamps, since=st.one_of(st.none(), st.integers(-10**13, 10**14)))
+def test_fragments_stay_byte_identical_whatever_the_activity_does(first, then, since):
+    table = RouteTable()
+    route = table.add("/r", {"target": T, "n": 2}, first)
+    table.add("/s", {"target": T}, 1_700_000_000.0)
+    assert render_route_list(table, since) == reference(table, since)
+    route.last_activity = then
+    assert render_route_list(table, since) == reference(table, since)
+    assert render_route_list(table, None) == reference(table, None)
