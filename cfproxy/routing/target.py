@@ -40,8 +40,28 @@ class Target:
         return (self.scheme, self.host, self.port, self.unix_path)
 
 
+_parsed: dict[str, Target] = {}  # url -> Target: Targets are immutable, so routes share them
+_PARSED_MAX = 1024
+
+
 def parse_target(url: str) -> Target:
-    """Parse a target URL; raise InvalidTarget with a message a user can act on."""
+    """Parse a target URL; raise InvalidTarget with a message a user can act on.
+
+    Recently parsed URLs are answered from a small cache (the API validates a
+    target, then the table parses it again; many routes often share a target).
+    """
+    if type(url) is str:
+        target = _parsed.get(url)
+        if target is not None:
+            return target
+    target = _parse_target(url)
+    if len(_parsed) >= _PARSED_MAX:
+        _parsed.clear()
+    _parsed[url] = target
+    return target
+
+
+def _parse_target(url: str) -> Target:
     if not isinstance(url, str) or not url:
         raise InvalidTarget("target must be a non-empty URL string")
     try:
