@@ -731,9 +731,6 @@ def test_transport_is_tls_tells_tls_transports_apart(certs):
     assert transport_is_tls(None) is False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy/client.py and api/server.py eof_received() return True on TLS transports; "
-    "fix: return `not transport_is_tls(self.transport)` there (cfproxy.tls), then drop this mark"))
 def test_tls_clients_closing_cleanly_log_nothing_on_stderr(certs):
     """A client that ends with close_notify (as wrk, browsers, Go do) must not make the
     event loop warn about eof_received on the public or the API listener."""

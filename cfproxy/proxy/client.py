@@ -202,7 +202,9 @@ class ClientProtocol(asyncio.Protocol):
         self.keep_alive = False
         if self.state == IDLE or (self.state == ACTIVE and not self.req_done):
             return False
-        return True
+        # A TLS transport cannot stay half-open: it closes whatever we answer, and True
+        # only makes the loop warn on stderr (`self.tls` was read once at connection_made).
+        return not self.tls
 
     def pause_writing(self) -> None:  # the client reads slower than the target sends
         self.paused_by_client = True
