@@ -6,7 +6,7 @@ send the rewritten head and the body bytes to an upstream connection (pooled or 
 opened), relay the response head (rewritten) and body bytes back, and decide per
 exchange whether both connections stay open. Errors before a response head get CHP's
 404/500/503 answers (cfproxy.http.errors); an upstream dying after the head aborts the
-client at once (Q14). Upgrades (WebSocket) are routed and forwarded here and handed to
+client at once (Q14). Upgrades (WebSocket or any protocol) are routed and forwarded here and handed to
 cfproxy.proxy.tunnel after the target's 101.
 
 Theory of operation. One request is in flight per connection at a time. An exchange is
@@ -237,8 +237,11 @@ class ClientProtocol(asyncio.Protocol):
             else:
                 self._queue(data)
         elif state == UPGRADING:
-            self.ws_buf.append(data)
-            self.gate.hold(QUEUED)
+            if not self.req_done:
+                self._request_body(data)  # an upgrade request's body (rare)
+            else:
+                self.ws_buf.append(data)
+                self.gate.hold(QUEUED)
 
     def _queue(self, data: bytes) -> None:
         buf = self.buf = self.buf + data if self.buf else data
@@ -454,6 +457,12 @@ class ClientProtocol(asyncio.Protocol):
                 self._to_upstream(data[:n])
             rest = data[n:]
         self.req_done = True
+        if self.state == UPGRADING:
+            # the body of an upgrade request ended: what follows waits for the 101
+            if rest:
+                self.ws_buf.append(rest)
+            self.gate.hold(QUEUED)
+            return
         if rest:
             self._queue(rest)
         if self.resp_done:
@@ -840,15 +849,27 @@ class ClientProtocol(asyncio.Protocol):
 
     # ================================================================ upgrades (4.5)
     def _start_upgrade(self, req) -> None:
+        """Route and forward a request with `Connection: upgrade` (any method, any protocol).
+
+        CHP destroys the socket unless it is a GET asking for `websocket` (4.5); issue 4
+        decided to tunnel whatever protocol the target accepts (a 101) and to relay any
+        other answer as a normal response. WebSocket keeps CHP's ws/wss X-Forwarded-Proto
+        and no X-Forwarded-Host; other protocols get the http/https rules of web requests.
+        A request body (Content-Length or chunked) is forwarded as usual, since the target
+        answers only after reading it; bytes after the body (or after a bodiless head) are
+        held until the target switched, then they open the tunnel.
+        """
         ctx = self.ctx
         ctx.metrics.requests_ws += 1
         self.t_start = time.perf_counter()
         self.state = UPGRADING
         self.ws_buf = []
-        if self.buf:
-            self.ws_buf.append(self.buf)
-            self.buf = b""
-        self.gate.hold(QUEUED)
+        buf = self.buf
+        self.buf = b""
+        if self.req_done:
+            if buf:
+                self.ws_buf.append(buf)
+            self.gate.hold(QUEUED)
         try:
             key = routing_path(req.target)
         except MalformedPath as e:
@@ -862,16 +883,15 @@ class ClientProtocol(asyncio.Protocol):
         if route is None:
             self._ws_error(404, "")
             return
-        if req.method != b"GET" or req.upgrade != b"websocket":
-            self._close()  # as CHP: no response
-            return
         self.route = route
         if ctx.debug:
             log.debug("PROXY WS %s to %s", log_path(req.target), route.target.url)
         try:
             head = ctx.rewriter.request_head(req, self._forward_path(req.target, route),
-                                             route.target, self.client_ip, self.tls, True)
+                                             route.target, self.client_ip, self.tls,
+                                             req.upgrade == b"websocket")
         except Exception as e:  # noqa: BLE001
+            self.route = None
             self._ws_error(500, f"Error: {e}")
             return
         up = ctx.pools.acquire(route.target)
@@ -881,6 +901,8 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.pending = [head]
             self.connecting = ctx.pools.connect(route.target, self._ws_connected)
+        if buf and not self.req_done:
+            self._request_body(buf)
 
     def _ws_connected(self, task: asyncio.Task) -> None:
         if self.connecting is not task:
@@ -898,6 +920,7 @@ class ClientProtocol(asyncio.Protocol):
         pending = self.pending
         self.pending = None
         up.transport.writelines(pending)
+        self.gate.release(CONNECTING)  # (held while a request body waited in `pending`)
 
     def _ws_error(self, code: int, message: str) -> None:
         """Raw status line, then close (Q13 fixed: CHP leaves the socket open)."""
@@ -922,9 +945,9 @@ class ClientProtocol(asyncio.Protocol):
         up = self.up
         if resp.status != 101:
             # relayed as a normal response, then the connection is closed (4.5)
+            # (a request body still arriving is forwarded to the end as usual)
             self.state = ACTIVE
             self.keep_alive = False
-            self.req_done = True
             self.ws_buf = None
             self._response_head(resp, rest)
             return
