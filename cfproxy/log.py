@@ -9,10 +9,11 @@ Hot-path code must guard debug lines with `if DEBUG_ENABLED[0]:` style checks
 (see `debug_enabled()`), so a disabled access log costs one attribute read.
 
 Cost: each API route add logs three lines. Flushing stdout after each was a
-write(2) per line; inside a running event loop the handler now writes into the
-stream's buffer and flushes once per loop iteration (`loop.call_soon`), so the
+write(2) per line; inside a running event loop the handler now collects lines
+and writes + flushes them once per loop iteration (`loop.call_soon`), so the
 lines keep their order and appear within one iteration (readiness lines such as
-`Route added /` stay prompt), at one syscall per burst. Outside a loop every
+`Route added /` stay prompt), at one syscall per burst (also under
+PYTHONUNBUFFERED=1, where each stream write is a syscall). Outside a loop every
 line is flushed at once. setup_logging also turns off the LogRecord fields we
 never print (caller frame, thread, process names: the logging HOWTO's
 "Optimization" switches), and the formatter renders the date once per second.
@@ -69,22 +70,24 @@ class ChpFormatter(logging.Formatter):
 
 
 class LoopFlushedHandler(logging.StreamHandler):
-    """A StreamHandler that flushes once per event-loop iteration inside a running loop."""
+    """A StreamHandler that writes and flushes once per event-loop iteration inside a running
+    loop (at once outside one). Lines wait in our own list, so this holds whether or not the
+    stream buffers: under PYTHONUNBUFFERED=1 every write to stdout is a syscall."""
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
-        self._flush_pending = False
+        self._pending: list[str] = []
+        self._scheduled_on: Any = None  # the loop a flush is scheduled on
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
-            self.stream.write(line)
         except RecursionError:
             raise
         except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
             self.handleError(record)
             return
-        self._flush_later(record)
+        self._add(line, record)
 
     def write_plain(self, level: int, msg: object, args: tuple) -> bool:
         """ChpLogger's fast path: format and write without a LogRecord; False = use the slow path."""
@@ -100,23 +103,32 @@ class LoopFlushedHandler(logging.StreamHandler):
                 text = str(msg)
             now = time.time()
             line = formatter.render(now, int((now - int(now)) * 1000), _NAMES[level], text)
-            with self.lock:
-                self.stream.write(line + self.terminator)
         except Exception:  # noqa: BLE001 - the slow path reports it the standard way
             return False
-        self._flush_later(None)
+        self._add(line + self.terminator, None)
         return True
 
-    def _flush_later(self, record: logging.LogRecord | None) -> None:
-        if self._flush_pending:
-            return
+    def _add(self, line: str, record: logging.LogRecord | None) -> None:
+        with self.lock:
+            self._pending.append(line)
         aio = sys.modules.get("asyncio")  # no running loop can exist before asyncio is imported
         loop = aio.events._get_running_loop() if aio is not None else None
         if loop is None:
             self._flush_now(record)
-        else:
-            self._flush_pending = True
+        elif self._scheduled_on is not loop:
+            self._scheduled_on = loop
             loop.call_soon(self._flush_soon)
+
+    def flush(self) -> None:
+        """Write the waiting lines, then flush the stream (logging.shutdown calls this at exit)."""
+        with self.lock:
+            pending = self._pending
+            if pending:
+                text = "".join(pending)
+                pending.clear()
+                self.stream.write(text)
+            if self.stream and hasattr(self.stream, "flush"):
+                self.stream.flush()
 
     def _flush_now(self, record: logging.LogRecord | None = None) -> None:
         try:
@@ -126,7 +138,7 @@ class LoopFlushedHandler(logging.StreamHandler):
                 self.handleError(record)
 
     def _flush_soon(self) -> None:
-        self._flush_pending = False
+        self._scheduled_on = None
         self._flush_now()
 
 

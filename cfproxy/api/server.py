@@ -188,6 +188,7 @@ class ApiProtocol(asyncio.Protocol):
         self.app = app
         self.connections = connections
         self.transport: asyncio.Transport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.peer: Any = None
         self.max_head = app.config.max_head_size
         self.header_timeout = app.config.header_timeout / 1000.0
@@ -214,6 +215,7 @@ class ApiProtocol(asyncio.Protocol):
     # --- asyncio callbacks --------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()  # once: each lookup is a getpid() syscall on 3.11
         self.peer = transport.get_extra_info("peername")
         self.connections.add(self)
         self._arm(self.header_timeout)
@@ -387,7 +389,7 @@ class ApiProtocol(asyncio.Protocol):
             self._handler_failed(e)
             return
         # it suspended (a store doing real I/O): a Task drives the rest
-        self.task = asyncio.get_running_loop().create_task(_finish(_Resume(coro, waiting)))
+        self.task = self.loop.create_task(_finish(_Resume(coro, waiting)))
         self.task.add_done_callback(self._handler_done)
 
     def _handler_done(self, task: asyncio.Task) -> None:
@@ -499,7 +501,7 @@ class ApiProtocol(asyncio.Protocol):
 
     def _arm(self, seconds: float) -> None:
         self._cancel_timer()
-        self.timer = asyncio.get_running_loop().call_later(seconds, self._on_timeout)
+        self.timer = self.loop.call_later(seconds, self._on_timeout)
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
