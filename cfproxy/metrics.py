@@ -7,6 +7,21 @@ writes, nothing else. This module owns the numbers; exposition in the Prometheus
 format with CHP's exact names (no `_total`, quantile summaries) lives in
 `metrics_server.py`, which reads them only when scraped.
 
+What the data path feeds (cfproxy/proxy/client.py; tunnel.py for upgraded connections):
+`bytes_in` = every byte read from a public client connection (heads, bodies, tunnel
+traffic); `bytes_out` = every byte written to one (heads as rewritten, body payload as
+relayed, the proxy's own answers; chunk framing added or removed for HTTP/1.0 clients is
+not counted). `observe_request` = head parsed -> response written to the end, for every
+answered request (proxied, 404/503/500 pages, raw upgrade errors, and the 101 of an
+upgrade: the time to the switch); not for the health check, for malformed heads, or for
+exchanges aborted midway. `last_activity_updating`: CHP times a store round trip per
+update (route add, body chunks, finish, ws chunks); ours is a float write into the Route,
+so the summary observes the duration of that write for the "finish" update (a response
+with status < 300 ended), sampled: the first and then one in `LA_SAMPLE` (16, client.py)
+such updates are timed; body and tunnel chunks are not. `_count` is thus the number of
+timed samples, not of updates. (Observing every update cost ~0.6 us per small request,
+more than the write it measures; the quantiles of a constant-cost write lose nothing.)
+
 Summaries keep quantiles over the whole process lifetime (as prom-client does) with a
 merging t-digest: `observe()` appends to a buffer (O(1)); every `_BUFFER` observations
 the buffer is folded into at most ~`_COMPRESSION` centroids (a sort of a few

@@ -527,3 +527,58 @@ def test_a_client_that_never_reads_cannot_grow_proxy_memory(proxy):
             grown_kib = max(grown_kib, proxy.rss_kib() - before)
     assert grown_kib < 8_000, (sent, grown_kib)
     assert get(metrics_port(proxy), "/metrics")[0] == 200
+
+
+# --- data-path counters moving with plain HTTP traffic ---------------------------------
+
+def _delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
+    return after.get(key, 0) - before.get(key, 0)
+
+
+def test_plain_http_bytes_move_client_byte_counters(proxy):
+    _, before = scrape(proxy)
+    body = b"u" * 100_000
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:
+        conn.request("POST", "/echo/up", body=body, headers={"x-body-size": "300000"})
+        r = conn.getresponse()
+        got = r.read()
+    finally:
+        conn.close()
+    assert r.status == 200 and len(got) == 300_000
+    _, after = scrape(proxy)
+    received = _delta(before, after, "cfproxy_client_received_bytes_total")
+    sent = _delta(before, after, "cfproxy_client_sent_bytes_total")
+    # request head + body in, response head + body out (heads are a few hundred bytes;
+    # other tests' scrapes go to the metrics port, which is not counted)
+    assert 100_000 < received < 102_000, received
+    assert 300_000 < sent < 302_000, sent
+
+
+def test_finished_2xx_responses_observe_last_activity_updating_sampled(proxy):
+    """One finished 2xx response in 16 times its last_activity write (client.LA_SAMPLE);
+    non-2xx answers and missing routes never count."""
+    from cfproxy.proxy.client import LA_SAMPLE
+
+    _, before = scrape(proxy)
+    for _ in range(LA_SAMPLE * 3):
+        assert get(proxy.port, "/echo/la", headers={"x-status": "404"})[0] == 404
+        assert get(proxy.port, "/nowhere")[0] == 404
+    _, mid = scrape(proxy)
+    assert _delta(before, mid, "last_activity_updating_count") == 0
+    for _ in range(LA_SAMPLE * 3):
+        assert get(proxy.port, "/echo/la")[0] == 200
+    _, after = scrape(proxy)
+    assert _delta(mid, after, "last_activity_updating_count") == 3
+    assert 0 < _delta(mid, after, "last_activity_updating_sum") < 0.01
+
+
+def test_request_latency_histogram_counts_every_answered_request_by_class(proxy):
+    _, before = scrape(proxy)
+    assert get(proxy.port, "/echo/lat")[0] == 200
+    assert get(proxy.port, "/echo/lat", headers={"x-status": "302"})[0] == 302
+    assert get(proxy.port, "/nowhere")[0] == 404  # the proxy's own answer counts too
+    _, after = scrape(proxy)
+    for cls in ("2xx", "3xx", "4xx"):
+        key = f'cfproxy_request_duration_seconds_count{{class="{cls}"}}'
+        assert _delta(before, after, key) == 1, (cls, key)
