@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -186,6 +185,8 @@ _FILE_FLAGS = (
 
 def help_text() -> str:
     """The usage text: CHP's options and descriptions, then ours, wrapped like commander."""
+    import textwrap  # only for --help: not on the start-up path
+
     rows = [("-V, --version", "output the version number")]
     rows += [(o.spec, o.help) for o in OPTIONS]
     rows.append(("-h, --help", "display help for command"))

@@ -103,9 +103,7 @@ def _listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol]
 
         return make_proxy_protocol_factory(app)
     if kind == "api":
-        from cfproxy.api.server import make_api_protocol_factory
-
-        return make_api_protocol_factory(app)
+        return _lazy_api_factory(app)
     if kind == "metrics":
         try:
             from cfproxy.metrics_server import make_metrics_protocol_factory
@@ -121,6 +119,24 @@ def _listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol]
             return None
         return make_redirect_protocol_factory(app)
     raise ValueError(kind)
+
+
+def _lazy_api_factory(app: Any) -> Callable[[], asyncio.BaseProtocol]:
+    """The API's protocol factory, importing the API stack (api/, orjson) on the first API
+    connection: the proxy serves its first request ~10 ms sooner (measured without .pyc
+    files, as an editable install under PYTHONDONTWRITEBYTECODE=1 runs)."""
+    if getattr(app, "api_connections", None) is None:
+        app.api_connections = set()
+    real: list[Callable[[], asyncio.BaseProtocol]] = []
+
+    def factory() -> asyncio.BaseProtocol:
+        if not real:
+            from cfproxy.api.server import make_api_protocol_factory
+
+            real.append(make_api_protocol_factory(app))
+        return real[0]()
+
+    return factory
 
 
 def _prepare_unix_path(path: str, flag: str) -> None:
