@@ -98,11 +98,21 @@ timestamps = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(first=timestamps, then=timestamps, since=st.one_of(st.none(), st.integers(-10**13, 10**14)))
-def test_fragments_stay_byte_identical_whatever_the_activity_does(first, then, since):
+datas = st.sampled_from([
+    {"target": T, "n": 2},
+    {"last_activity": "posted first", "target": T},
+    {"target": T, "last_activity": "posted last"},
+    {"target": T, "s": ',"last_activity":"2020-01-01T00:00:00.000Z"}'},  # a look-alike tail
+    {"target": T, "o": {"last_activity": "nested"}},
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=datas, first=timestamps, then=timestamps,
+       since=st.one_of(st.none(), st.integers(-10**13, 10**14)))
+def test_fragments_stay_byte_identical_whatever_the_activity_does(data, first, then, since):
     table = RouteTable()
-    route = table.add("/r", {"target": T, "n": 2}, first)
+    route = table.add("/r", dict(data), first)
     table.add("/s", {"target": T}, 1_700_000_000.0)
     assert render_route_list(table, since) == reference(table, since)
     route.last_activity = then
