@@ -40,6 +40,11 @@ def join_path(segments: list[str]) -> str:
     return "/" + "/".join(segments)
 
 
+# The children of every childless node: one shared empty dict instead of one per leaf
+# (100,000 routes: 6.4 MB). Only URLTrie.add inserts, and it swaps in a fresh dict first.
+_NO_CHILDREN: dict = {}
+
+
 class TrieNode:
     """One node: its canonical prefix, its value (None = none) and its children."""
 
@@ -48,7 +53,7 @@ class TrieNode:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.value: Any = None
-        self.children: dict[str, TrieNode] = {}
+        self.children: dict[str, TrieNode] = _NO_CHILDREN
 
     @property
     def size(self) -> int:
@@ -79,7 +84,10 @@ class URLTrie:
         for seg in split_path(path):
             child = node.children.get(seg)
             if child is None:
-                child = TrieNode(node.prefix + seg if node is self.root else node.prefix + "/" + seg)
+                prefix = node.prefix + seg if node is self.root else node.prefix + "/" + seg
+                child = TrieNode(path if prefix == path else prefix)  # share the caller's key string
+                if node.children is _NO_CHILDREN:
+                    node.children = {}
                 node.children[seg] = child
             node = child
         if node.value is None:
