@@ -163,6 +163,39 @@ def test_fast_path_and_general_path_agree(segments, query):
     assert fast == (slow if slow is MalformedPath else slow.replace(b"%61", b"a"))
 
 
+# every character class the plain-target regex treats specially, plus a non-ASCII byte
+_TRICKY = st.lists(st.sampled_from(
+    [b"a", b"Z", b"0", b"/", b"//", b".", b"..", b"%", b"%2e", b"%2F", b"%41", b"?", b"#",
+     b"\\", b'"', b"<", b">", b"`", b"{", b"}", b"'", b"~", b";", b"=", b"&", b"\xc3\xa9",
+     b"http:", b"*"]), max_size=12)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_TRICKY, st.booleans(),
+       st.sampled_from([("", ""), ("/", ""), ("/base", ""), ("/base/", "t=1"), ("", "t=1")]),
+       st.sampled_from([(True, True), (False, True), (True, False), (False, False)]))
+def test_plain_target_fast_paths_agree_with_the_general_algorithm(parts, leading_slash, target,
+                                                                  flags):
+    from cfproxy.http.urlpath import _forward_path_general, _routing_path_general
+
+    raw = (b"/" if leading_slash else b"") + b"".join(parts)
+    assert outcome(routing_path, raw) == outcome(_routing_path_general, raw)
+    args = (raw, "/", target[0], target[1], *flags)
+    assert outcome(forward_path, *args) == outcome(_forward_path_general, *args)
+
+
+def test_plain_targets_take_the_fast_path():
+    from cfproxy.http import urlpath
+
+    for raw in (b"/", b"/user/alice/api/kernels", b"/a/b?x=1&y={2}", b"/a//b/", b"/r/1/?",
+                b"/a.b/c_d~e", b"/a?%zz"):
+        assert urlpath._PLAIN_TARGET_RE.fullmatch(raw) is not None, raw
+    for raw in (b"//a", b"/a/./b", b"/.x", b"/a%2e", b"/a\\b", b"/a#f", b'/a"b', b"/a?'",
+                b"/\xc3\xa9", b"a/b", b"", b"*", b"/a b"):
+        assert urlpath._PLAIN_TARGET_RE.fullmatch(raw) is None, raw
+    assert forward_path(b"/user/a?x=1", "/user/a", "", "", True, True) == b"/user/a?x=1"
+
+
 # --- 3.4 forwarded path ------------------------------------------------------------
 
 FLAGS = {

@@ -67,7 +67,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 QUEUE_LIMIT = 64 * 1024  # pipelined bytes buffered before reading stops
 RESPONSE_HEAD_MAX = 64 * 1024
 LA_SAMPLE = 16  # last_activity_updating: one timed update per this many (see _timed_activity)
-ROUTE_CACHE_MAX = 4096  # (route, forwarded path) per request-target; cleared when full
+ROUTE_CACHE_MAX = 4096  # (route, forwarded path) per request-target; one evicted when full
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 
 # connection states
@@ -376,7 +376,10 @@ class ClientProtocol(asyncio.Protocol):
                 self._after_head()
                 return
             if len(cache) >= ROUTE_CACHE_MAX:
-                cache.clear()
+                # Full: drop one entry (popitem: the newest, in C) rather than all. The
+                # entries that filled the cache stay useful, and a client sending unique
+                # URLs churns one slot instead of flushing everyone's hot targets.
+                cache.popitem()
             cache[key] = (route, path)
         self.route = route
         target = route.target
