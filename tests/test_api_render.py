@@ -10,7 +10,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfproxy.api.handlers import _route_json, iso_ms, render_route_list, route_fragment
+from cfproxy.api.handlers import (
+    _route_json,
+    iso_ms,
+    render_route_list,
+    render_table_list,
+    route_fragment,
+)
 from cfproxy.routing.table import RouteTable
 from cfproxy.store.memory import MemoryStore
 
@@ -118,3 +124,41 @@ def test_fragments_stay_byte_identical_whatever_the_activity_does(data, first, t
     route.last_activity = then
     assert render_route_list(table, since) == reference(table, since)
     assert render_route_list(table, None) == reference(table, None)
+
+
+# --- the whole-table body is reused only when nothing in it can differ ----------------------
+
+def test_unchanged_table_reuses_the_previous_body():
+    table = make_table()
+    first = render_table_list(table)
+    assert render_table_list(table) is first
+    assert first == reference(table)
+
+
+def test_whole_list_follows_adds_removes_and_activity():
+    table = make_table()
+    render_table_list(table)
+    table.add("/new", {"target": T}, 1_700_000_001.0)
+    assert render_table_list(table) == reference(table)
+    table.remove("/user/0")
+    assert render_table_list(table) == reference(table)
+    table.get("/user/3").last_activity += 1.0
+    assert render_table_list(table) == reference(table)
+
+
+def test_whole_list_shows_data_changed_in_place_even_after_a_filtered_list_rendered_it():
+    table = make_table()
+    store = MemoryStore(table)
+    render_table_list(table)
+    asyncio.run(store.update("/user/1", {"extra": 1}))
+    render_route_list(table, 10**15)  # re-renders /user/1's fragment, same last_activity
+    body = render_table_list(table)
+    assert b'"extra":1' in body and body == reference(table)
+
+
+def test_whole_list_of_two_tables_never_mixes_them():
+    a, b = make_table(2), make_table(3)
+    b.add("/only-b", {"target": T}, 1.0)
+    for _ in range(2):
+        assert render_table_list(a) == reference(a)
+        assert render_table_list(b) == reference(b)

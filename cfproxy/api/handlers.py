@@ -332,12 +332,16 @@ def _iso_bytes(ts: float) -> bytes:
     return head + _MS_TAILS[frac]
 
 
+_renders = [0]  # fragments (re)rendered so far
+
+
 def route_fragment(route: Any, la: float) -> bytes:
     """`"prefix":{...}` for the list response, from the route's cache when still valid."""
     frag = route.api_json
+    if frag is not None and route.api_json_la == la:
+        return frag
+    _renders[0] += 1
     if frag is not None:
-        if route.api_json_la == la:
-            return frag
         if 0.0 <= la < _TS_MAX and frag[_TAIL_START:_TAIL_END] == _LA_KEY:
             # only the timestamp changed, and it ends the fragment as 24 bytes: swap it.
             # (Inside a JSON string every '"' is escaped, so `,"last_activity":"` + 24 bytes
@@ -355,6 +359,28 @@ def route_fragment(route: Any, la: float) -> bytes:
     route.api_json = frag
     route.api_json_la = la
     return frag
+
+
+# The last whole-table list: (table, table.version, _renders[0], body). Reused when the table
+# had no write, no fragment was (re)rendered anywhere, and every route's fragment still shows
+# its current last_activity: then nothing in the body can differ. 100k routes: ~6 ms instead
+# of ~13 ms (the 8.6 MB join and its page faults are gone), for the body's memory.
+_whole_list: list[Any] = [None, -1, -1, b""]
+
+
+def render_table_list(table: Any) -> bytes:
+    """The whole GET /api/routes body of a RouteTable (see _whole_list)."""
+    cached_table, version, renders, body = _whole_list
+    if cached_table is table and version == table.version and renders == _renders[0]:
+        for route in table:
+            if route.api_json is None or route.api_json_la != route.last_activity:
+                break
+        else:
+            return body
+    version = table.version
+    body = render_route_list(table, None)
+    _whole_list[:] = [table, version, _renders[0], body]
+    return body
 
 
 def render_route_list(routes: Any, since: int | None) -> bytes:
@@ -421,7 +447,7 @@ async def get_routes(app: Any, path: str | None, query: str, body: bytes) -> Api
     store = app.store
     if getattr(store, "owns_table", False) and getattr(store, "table", None) is app.table:
         # fast path: render straight from the table, from cached fragments
-        body = render_route_list(app.table, since)
+        body = render_table_list(app.table) if since is None else render_route_list(app.table, since)
     else:
         out: dict[str, dict] = {}
         for prefix, data in (await store.get_all()).items():
@@ -467,9 +493,10 @@ async def post_routes(app: Any, path: str | None, query: str, body: bytes) -> Ap
         return fail(400, f"Body cannot be stored: {e}")
     target = data["target"]
     try:
-        parse_target(target)
+        parsed = parse_target(target)
     except InvalidTarget as e:
         return fail(400, f"Bad target: {e}")
+    data["target"] = target = parsed.url  # equal text; routes with one target share one string
 
     store = app.store
     path = store.clean_path(path or "/")
