@@ -1,1 +1,1 @@
-"""The REST API (reference 2): `server.py` speaks HTTP through h11, `handlers.py` decides the answers."""
+"""The REST API (reference 2): `server.py` speaks HTTP (cfproxy's strict parser), `handlers.py` decides the answers."""
