@@ -81,8 +81,11 @@ class HTTPClient:
         if i >= 0:
             j = low.find(b"\r\n", i + 2)
             n = int(low[i + 17:j if j > 0 else len(low)])
-            while len(rest) < n:
-                rest += self._recv()
+            if len(rest) < n:  # grow a bytearray: `bytes +=` copies it all per read (O(n^2))
+                grow = bytearray(rest)
+                while len(grow) < n:
+                    grow += self._recv()
+                rest = bytes(grow)
             body, self.buf = rest[:n], rest[n:]
         elif b"\r\ntransfer-encoding: chunked" in low:
             body, self.buf = self._read_chunked(rest)
@@ -100,7 +103,8 @@ class HTTPClient:
             self.close()
         return status, body
 
-    def _read_chunked(self, rest: bytes) -> tuple[bytes, bytes]:
+    def _read_chunked(self, data: bytes) -> tuple[bytes, bytes]:
+        rest = bytearray(data)  # appends in place: `bytes +=` would copy it all per read
         out = []
         pos = 0
         while True:
@@ -114,7 +118,7 @@ class HTTPClient:
                 while end < 0:
                     rest += self._recv()
                     end = rest.find(b"\r\n\r\n", nl)
-                return b"".join(out), rest[end + 4:]
+                return b"".join(out), bytes(rest[end + 4:])
             need = nl + 2 + size + 2
             while len(rest) < need:
                 rest += self._recv()
