@@ -235,3 +235,18 @@ def test_protocol_runs_a_non_suspending_handler_without_a_task():
     out = asyncio.run(main())
     assert out.startswith(b"HTTP/1.1 201 Created\r\n")
     assert app.table.get("/eager") is not None
+
+
+def test_keep_alive_timeout_counts_from_the_last_request_not_the_first(monkeypatch):
+    import cfproxy.api.server as api_server
+
+    monkeypatch.setattr(api_server, "KEEP_ALIVE_S", 0.3)
+    with InProcessApi() as srv, Conn(srv.port) as c:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.9:  # three keep-alive periods of steady use
+            c.send(build("GET", "/api/routes/framing/none"))
+            assert c.read_response().status == 404
+            time.sleep(0.1)
+        idle_from = time.monotonic()
+        assert c.closed_by_peer(timeout=5)
+        assert 0.2 < time.monotonic() - idle_from < 2

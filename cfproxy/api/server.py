@@ -194,6 +194,7 @@ class ApiProtocol(asyncio.Protocol):
         self.header_timeout = app.config.header_timeout / 1000.0
         self.buf = bytearray()  # received, not yet consumed
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # loop.time() when the connection times out
         self.paused = False  # reading paused while pipelined bytes wait
         self.lingering = False  # answered and half-closed; discarding input
         self.closed = False
@@ -248,7 +249,7 @@ class ApiProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.connections.discard(self)
-        self._cancel_timer()
+        self._drop_timer()
         if self.task is not None:
             self.task.cancel()
             self.task = None
@@ -496,20 +497,44 @@ class ApiProtocol(asyncio.Protocol):
             self._arm(LINGER_S)
             return
         self.closed = True
-        self._cancel_timer()
+        self._drop_timer()
         transport.close()
 
+    # One loop timer per connection, moved lazily: each request moves the deadline twice
+    # (header timeout, then keep-alive), and a new TimerHandle + cancel each time was a
+    # measurable part of an API add. The handle stays; if it fires before the current
+    # deadline it re-arms for the rest; it is replaced only when the deadline moves earlier.
     def _arm(self, seconds: float) -> None:
-        self._cancel_timer()
-        self.timer = self.loop.call_later(seconds, self._on_timeout)
+        deadline = self.loop.time() + seconds
+        self.deadline = deadline
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self.timer = self.loop.call_at(deadline, self._on_timer)
 
     def _cancel_timer(self) -> None:
+        self.deadline = None  # the handle may stay armed; it will find no deadline
+
+    def _drop_timer(self) -> None:
+        self.deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def _on_timeout(self) -> None:
+    def _on_timer(self) -> None:
         self.timer = None
+        deadline = self.deadline
+        if deadline is None or self.closed:
+            return
+        if self.loop.time() < deadline:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+            return
+        self.deadline = None
+        self._on_timeout()
+
+    def _on_timeout(self) -> None:
         if self.task is not None:
             return
         self._close()
