@@ -241,6 +241,24 @@ _response_special_re = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|date):[ \t]*([^\r]*)", re.IGNORECASE
 )
 _trailer_line_re = re.compile(TRAILER_LINE)
+# The dominant response, recognised in one C-level match with no head object built
+# (client.py's fast path): an HTTP/1.1 2xx head, valid as LENIENT_FIELD_LINES, with
+# exactly one Content-Length holding a plain number, and no Transfer-Encoding or
+# Connection field. Groups: status, Content-Length digits, Date name (before / after
+# the Content-Length line; None when absent). Anything else (no match) takes
+# parse_response_head, which decides it in full. A field line is one of: Date (its
+# name captured), a field whose name is none of the framing ones, and exactly once
+# the Content-Length line.
+_FAST_OTHER = (rb"(?:((?i:date)):" + LENIENT_FIELD_VALUE_CHAR + rb"*\r\n|"
+               rb"(?!(?i:content-length|transfer-encoding|connection|date):)"
+               + LENIENT_FIELD_LINE + rb"\r\n)*")
+_fast_response_re = re.compile(
+    rb"HTTP/1\.1 (2[0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
+    + _FAST_OTHER
+    + rb"(?i:content-length):[ \t]*([0-9]{1,18})[ \t]*\r\n"
+    + _FAST_OTHER.replace(b"((?i:date))", b"(?i:(date))")
+    + rb"\r\n"
+)
 
 # Lower-cased names of the fields that decide framing / connection handling.
 _CONTENT_LENGTH = b"content-length"

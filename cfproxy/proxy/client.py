@@ -36,7 +36,13 @@ import asyncio
 import time
 
 from cfproxy.http.errors import ErrorPages, response_bytes
-from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head, parse_response_head
+from cfproxy.http.parser import (
+    ChunkedReader,
+    HTTPError,
+    _fast_response_re,
+    parse_request_head,
+    parse_response_head,
+)
 from cfproxy.http.urlpath import MalformedPath, forward_path, routing_path
 from cfproxy.log import debug_enabled, log
 from cfproxy.proxy.flow import (
@@ -68,6 +74,7 @@ QUEUE_LIMIT = 64 * 1024  # pipelined bytes buffered before reading stops
 RESPONSE_HEAD_MAX = 64 * 1024
 LA_SAMPLE = 16  # last_activity_updating: one timed update per this many (see _timed_activity)
 ROUTE_CACHE_MAX = 4096  # (route, forwarded path) per request-target; one evicted when full
+KEEP_ALIVE_END = b"Connection: keep-alive\r\n\r\n"  # what the fast response path appends
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 
 # connection states
@@ -552,6 +559,47 @@ class ClientProtocol(asyncio.Protocol):
         if self.resp_status:
             self._response_body(data)
             return
+        req = self.req
+        if (not self.resp_buf and self.state == ACTIVE and req.connection is None
+                and req.version == 11 and req.method != b"HEAD"):
+            # Fast path for the dominant exchange: an HTTP/1.1 client without a
+            # Connection header, and a 2xx Content-Length response without Connection /
+            # Transfer-Encoding (one regex match, _fast_response_re). It writes the same
+            # bytes as parse_response_head + _response_head + HeaderRewriter.response_head
+            # (head as received + Date when absent + "Connection: keep-alive") without
+            # building a ResponseHead; anything else falls through to the general code.
+            end = data.find(b"\r\n\r\n")
+            if end > 0 and end + 4 <= RESPONSE_HEAD_MAX:
+                m = _fast_response_re.fullmatch(data, 0, end + 4)
+                if m is not None:
+                    status_b, date1, cl, date2 = m.groups()
+                    status = int(status_b)
+                    left = int(cl)
+                    end += 4
+                    got = len(data) - end
+                    ctx = self.ctx
+                    if got <= left and status != 204 and (
+                            status != 201 or not ctx.rewriter.rewrite_location):
+                        out = b"".join((
+                            data[:end - 2],
+                            KEEP_ALIVE_END if date1 or date2 else date_header() + KEEP_ALIVE_END,
+                            data[end:]))
+                        self.resp_status = status
+                        metrics = ctx.metrics
+                        metrics.requests_proxy[status] += 1
+                        metrics.bytes_out += len(out)
+                        if ctx.timeout:
+                            self.deadline.set(ctx.timeout)
+                        self.resp_mode = BODY_LENGTH
+                        self.resp_keep = True  # HTTP/1.1 client, no Connection field
+                        self.up_reusable = True  # HTTP/1.1, no Connection, length-framed
+                        self.transport.write(out)
+                        if got == left:
+                            self.resp_left = 0
+                            self._response_done()
+                        else:
+                            self.resp_left = left - got
+                        return
         buf = self.resp_buf + data if self.resp_buf else data
         while True:
             try:

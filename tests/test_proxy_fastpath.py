@@ -1,0 +1,175 @@
+"""The client's response fast path behaves exactly like the general path.
+
+client.py answers the dominant exchange (HTTP/1.1 client without Connection, 2xx
+Content-Length response without Connection / Transfer-Encoding) from one regex match
+instead of building a ResponseHead. These tests drive ClientProtocol in process with
+fake transports over many request/response shapes, once with the fast path and once
+with it switched off (its regex replaced by one that never matches), and require the
+same bytes to the client, the same counters, the same connection reuse and closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+
+from cfproxy.app import App
+from cfproxy.config import Config
+from cfproxy.proxy import client as client_mod
+from cfproxy.proxy.client import make_client_protocol_factory
+from cfproxy.proxy.upstream import UpstreamConnection
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(bytes(data))
+
+    def writelines(self, lines) -> None:
+        self.out.extend(bytes(x) for x in lines)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+NEVER = re.compile(rb"(?!)")
+ORIG_FAST = client_mod._fast_response_re
+
+
+class CountingRegex:
+    """The fast-path regex, counting the heads it accepted."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+
+    def fullmatch(self, *args):
+        m = ORIG_FAST.fullmatch(*args)
+        self.hits += m is not None
+        return m
+
+REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /a?b HTTP/1.1\r\nHost: x:8000\r\nUser-Agent: t\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+]
+
+BODY = b"Hello, world\n"
+RESPONSES = [
+    # (head, body) - the fast shapes first, then look-alikes it must leave alone
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nX: y\r\ndate: today\r\nZ: w\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nDATE: today\r\nX: y\r\ncontent-length:13  \r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nDates: no\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", b""),
+    (b"HTTP/1.1 201 Created\r\nLocation: http://127.0.0.1:9/x\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 13\r\n\r\n", b""),
+    (b"HTTP/1.1 299 Odd\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 13, 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"d\r\nHello, world\n\r\n0\r\n\r\n"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n", BODY),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"http/1.1 200 OK\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\nContent-Length : 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\n", BODY),
+    (b"HTTP/1.1 200 OK\r\n\r\n", BODY),
+]
+
+
+def _splits(head: bytes, body: bytes) -> list[list[bytes]]:
+    """Ways the response may arrive: whole, head then body, a body byte short then the
+    rest, split inside the head, with extra bytes after the body."""
+    whole = head + body
+    out = [[whole], [head, body] if body else [head]]
+    if len(body) > 1:
+        out.append([head + body[:-1], body[-1:]])
+    out.append([whole[:10], whole[10:]])
+    out.append([whole + b"EXTRA"])
+    return out
+
+
+async def _exchange(config: Config, request: bytes, pieces: list[bytes], regex,
+                    monkeypatch) -> tuple:
+    monkeypatch.setattr(client_mod, "_fast_response_re", regex)
+    app = App(config)
+    app.table.add("/", {"target": "http://127.0.0.1:9"})
+    proto = make_client_protocol_factory(app)()
+    ct = FakeTransport()
+    proto.connection_made(ct)
+    pools = proto.ctx.pools
+    key = app.table.get("/").target.pool_key
+    upt = FakeTransport()
+    up = UpstreamConnection(pools, key)
+    up.connection_made(upt)
+    pools.release(up)
+    proto.data_received(request)
+    for piece in pieces:
+        if up.owner is None:
+            break
+        up.data_received(piece)
+    m = app.metrics
+    result = (b"".join(ct.out), ct.closing, upt.closing, len(pools.idle.get(key, [])),
+              m.bytes_out, dict(m.requests_proxy), proto.state, proto.keep_alive,
+              [sum(c) for c in m.request_latency_counts], m.find_target_for_req.count,
+              m.last_activity_updating.count)
+    proto.connection_lost(None)
+    return result
+
+
+
+@pytest.mark.parametrize("config", [Config(), Config(auto_rewrite=True)], ids=["plain", "rewrite"])
+def test_fast_response_path_matches_general_path_for_every_shape(config, monkeypatch):
+    counting = CountingRegex()
+
+    async def run() -> None:
+        for request in REQUESTS:
+            for head, body in RESPONSES:
+                for pieces in _splits(head, body):
+                    a = await _exchange(config, request, pieces, counting, monkeypatch)
+                    b = await _exchange(config, request, pieces, NEVER, monkeypatch)
+                    assert a == b, (request, pieces)
+
+    asyncio.run(run())
+    # the fast shapes really were exercised (a fast path never taken would pass too)
+    assert counting.hits > 50
+
+
+def test_fast_response_regex_accepts_only_plain_2xx_length_heads():
+    fast = ORIG_FAST
+    accepted = [h for h, _ in RESPONSES if fast.fullmatch(h) is not None]
+    assert accepted == [h for h, _ in RESPONSES[:9]]
+    m = fast.fullmatch(RESPONSES[2][0])
+    assert m.groups() == (b"200", None, b"13", b"date")
+    assert fast.fullmatch(RESPONSES[4][0]).groups() == (b"200", None, b"13", None)
