@@ -95,6 +95,20 @@ class Backends:
         return f"http://127.0.0.1:{self.ws_port}"
 
 
+_PYCACHE: list[str] = []
+
+
+def _compiled_cache() -> str:
+    """A bytecode cache folder with cfproxy compiled into it (once per run)."""
+    if not _PYCACHE:
+        path = str(CACHE / "pycache")
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "cfproxy")],
+                       env={**os.environ, "PYTHONPYCACHEPREFIX": path}, check=False,
+                       stdout=subprocess.DEVNULL, timeout=120)
+        _PYCACHE.append(path)
+    return _PYCACHE[0]
+
+
 def _env(**extra: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -251,6 +265,16 @@ class CFProxy(Peer):
         if not (REPO / "cfproxy" / "__main__.py").exists():
             return "cfproxy package not found"
         return None
+
+    def env(self) -> dict:
+        # Run cfproxy as an installed package runs: with compiled bytecode. `pip install`
+        # byte-compiles; a checkout under PYTHONDONTWRITEBYTECODE=1 would recompile every
+        # module at every start (~25-40 ms of start-up measured here). The bytecode goes to
+        # a cache folder, never into the repository.
+        env = super().env()
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = _compiled_cache()
+        return env
 
     def command(self, port: int, api_port: int, extra: tuple[str, ...]) -> list[str]:
         return [sys.executable, "-m", "cfproxy", "--ip", "127.0.0.1", "--port", str(port),
