@@ -385,6 +385,14 @@ def test_malformed_escape_is_400_invalid_url_escape(api, method):
         assert r.status == 400 and r.text == "Invalid URL escape"
 
 
+def test_target_with_an_invalid_host_is_400_and_the_api_keeps_serving(api):
+    # CHP's `new URL` throws on these and the request hangs (reference 2.9)
+    for target in ("//[zz/api/routes", "http://a:99999/api/routes"):
+        r = call(api, "GET", target)
+        assert r.status == 400 and r.text == "Invalid URL"
+    assert call(api, "GET", "/api/routes").status == 200
+
+
 # --- logs (reference 7) and metrics (6) -----------------------------------------------------
 
 def test_post_and_delete_log_chp_lines(px):

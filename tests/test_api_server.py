@@ -107,7 +107,7 @@ def test_close_when_idle_closes_idle_connections_and_finishes_busy_ones():
     ("http://host:1/api/routes/x", "/api/routes/x", ""),
     ("HTTP://host", "/", ""),
     ("*", "/*", ""),
-    ("mailto:x", "x", ""),
+    ("mailto:x", "/x", ""),
     ("/a%2F..%2Fb", "/a%2F..%2Fb", ""),
 ])
 def test_split_target_resolves_like_whatwg_url(target, pathname, query):

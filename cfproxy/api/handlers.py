@@ -28,10 +28,11 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_tz
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import parse_qsl
 
 import orjson
 
+from cfproxy.http.urlpath import MalformedPath, decode_uri_component, pathname_and_query
 from cfproxy.log import log
 from cfproxy.routing.target import InvalidTarget, parse_target
 from cfproxy.store.base import to_timestamp
@@ -67,85 +68,17 @@ EMPTY_404 = ApiResponse(404)
 FORBIDDEN = ApiResponse(403)
 
 
-# --- 1. request-target -> pathname and query (WHATWG, relative to https://example.com/) --------
+# --- 1. request-target -> pathname and query; 4. decodeURIComponent --------------------------
+# The proxy's URL rules (cfproxy/http/urlpath.py) serve the API too: one WHATWG subset.
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
-_SPECIAL = ("http", "https", "ws", "wss", "ftp", "file")
-_SINGLE_DOT = frozenset((".", "%2e", "%2E"))
-_DOUBLE_DOT = frozenset(("..", ".%2e", ".%2E", "%2e.", "%2E.", "%2e%2e", "%2E%2E", "%2e%2E", "%2E%2e"))
+InvalidEscape = MalformedPath
 
 
 def split_target(target: str) -> tuple[str, str]:
-    """(pathname, query) of a request-target as `new URL(target, "https://example.com")` gives.
-
-    Dot segments are resolved (also as %2e), "\\" counts as "/", an authority
-    (absolute-form, or a target starting with "//") is dropped. Percent escapes
-    are left as they are. The query excludes "?" and any fragment.
-    """
-    target = target.split("#", 1)[0]
-    path, sep, query = target.partition("?")
-    m = _SCHEME.match(path)
-    if m:
-        scheme = m.group(0)[:-1].lower()
-        rest = path[m.end():]
-        if scheme not in _SPECIAL:
-            return rest, query  # opaque path: never an API path
-        path = _drop_authority(rest.lstrip("/\\"))
-    else:
-        path = path.replace("\\", "/")
-        if path.startswith("//"):
-            path = _drop_authority(path.lstrip("/"))
-        elif not path.startswith("/"):
-            path = "/" + path  # relative to the base path "/"
-    path = path.replace("\\", "/")
-    return _remove_dot_segments(path), query
-
-
-def _drop_authority(rest: str) -> str:
-    rest = rest.replace("\\", "/")
-    slash = rest.find("/")
-    return "/" if slash < 0 else rest[slash:]
-
-
-def _remove_dot_segments(path: str) -> str:
-    if "." not in path and "%2e" not in path and "%2E" not in path:
-        return path
-    out: list[str] = []
-    segments = path[1:].split("/")
-    last = len(segments) - 1
-    for i, seg in enumerate(segments):
-        if seg in _DOUBLE_DOT:
-            if out:
-                out.pop()
-            if i == last:
-                out.append("")
-        elif seg in _SINGLE_DOT:
-            if i == last:
-                out.append("")
-        else:
-            out.append(seg)
-    return "/" + "/".join(out)
-
-
-# --- 4. decodeURIComponent ------------------------------------------------------------------
-
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-
-
-class InvalidEscape(ValueError):
-    pass
-
-
-def decode_uri_component(s: str) -> str:
-    """JS decodeURIComponent: every %XX decoded (incl. %2F), UTF-8 strictly; "+" kept."""
-    if "%" not in s:
-        return s
-    if _BAD_ESCAPE.search(s):
-        raise InvalidEscape(s)
-    try:
-        return unquote_to_bytes(s).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidEscape(s) from None
+    """(pathname, query) of a request-target as `new URL(target, base)` gives them; the query
+    excludes "?" and any fragment ("" when absent). Raises MalformedPath on an invalid host."""
+    pathname, query = pathname_and_query(target)
+    return pathname, query or ""
 
 
 # --- 5. authentication ----------------------------------------------------------------------
@@ -542,7 +475,10 @@ def preflight(app: Any, method: str, target: str, authorization: bytes | None,
               peer: Any = None) -> ApiResponse | Prepared:
     """Dispatch steps 1-5 (everything before the body is read)."""
     log_path = target.split("?", 1)[0]
-    pathname, query = split_target(target)
+    try:
+        pathname, query = split_target(target)
+    except MalformedPath:
+        return fail(400, "Invalid URL")
     if pathname == "/api/routes":
         raw_path = None
     elif pathname.startswith("/api/routes/"):

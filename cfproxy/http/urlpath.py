@@ -34,7 +34,13 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-__all__ = ["MalformedPath", "routing_path", "forward_path"]
+__all__ = [
+    "MalformedPath",
+    "decode_uri_component",
+    "forward_path",
+    "pathname_and_query",
+    "routing_path",
+]
 
 
 class MalformedPath(ValueError):
@@ -398,3 +404,18 @@ def _needs_encoding(raw: str, path_end: int) -> bool:
     if _PATH_ENCODE_RE.search(raw, 0, path_end):
         return True
     return _QUERY_ENCODE_RE.search(raw, path_end) is not None
+
+
+# --- the same rules for the REST API's dispatch (reference 2.2 and 2.5) ------------------
+
+def pathname_and_query(target: str) -> tuple[str, str | None]:
+    """(pathname, query or None) as ``new URL(target, base)`` gives them: dot segments
+    resolved, ``\\`` a separator, an authority dropped; escapes kept. Raises MalformedPath
+    where the WHATWG parser fails (an invalid host in an absolute or network-path target)."""
+    return _whatwg(target)
+
+
+def decode_uri_component(s: str) -> str:
+    """JS ``decodeURIComponent``: every %XX decoded (``%2F`` too), strict UTF-8, ``+`` kept.
+    Raises MalformedPath on a malformed escape."""
+    return _decode(s) if "%" in s else s
