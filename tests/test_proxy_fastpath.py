@@ -17,7 +17,9 @@ import pytest
 
 from cfproxy.app import App
 from cfproxy.config import Config
+from cfproxy.http import parser
 from cfproxy.proxy import client as client_mod
+from cfproxy.proxy import headers as headers_mod
 from cfproxy.proxy.client import make_client_protocol_factory
 from cfproxy.proxy.upstream import UpstreamConnection
 
@@ -123,6 +125,9 @@ def _splits(head: bytes, body: bytes) -> list[list[bytes]]:
 async def _exchange(config: Config, request: bytes, pieces: list[bytes], regex,
                     monkeypatch) -> tuple:
     monkeypatch.setattr(client_mod, "_fast_response_re", regex)
+    # a fixed Date: the two runs of a case may straddle a second boundary
+    monkeypatch.setattr(client_mod, "date_header", lambda: b"Date: fixed\r\n")
+    monkeypatch.setattr(headers_mod, "date_header", lambda: b"Date: fixed\r\n")
     app = App(config)
     app.table.add("/", {"target": "http://127.0.0.1:9"})
     proto = make_client_protocol_factory(app)()
@@ -173,3 +178,59 @@ def test_fast_response_regex_accepts_only_plain_2xx_length_heads():
     m = fast.fullmatch(RESPONSES[2][0])
     assert m.groups() == (b"200", None, b"13", b"date")
     assert fast.fullmatch(RESPONSES[4][0]).groups() == (b"200", None, b"13", None)
+
+
+# --- parse_request_head's fast match ---------------------------------------------------
+
+REQUEST_HEADS = [
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"HEAD /a?b=%20 HTTP/1.1\r\nUser-Agent: t\r\nhOsT:   Example.org:8080 \t\r\nX: \r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-Host: a\r\nHostx: b\r\nHost: c\r\n\r\n",
+    # look-alikes the general code must decide
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nX: y\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.2\r\nHost: a\r\n\r\n",
+    b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"CONNECT a:1 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+]
+
+
+def _parse_outcome(head: bytes) -> tuple:
+    try:
+        req, n = parser.parse_request_head(head + b"NEXT", 64 * 1024)
+    except parser.HTTPError as e:
+        return ("error", e.status, e.message)
+    return (req.method, req.target, req.version, req.headers, req.content_length, req.chunked,
+            req.keep_alive, req.upgrade, req.host, req.expect_continue, req.connection,
+            req.raw, n)
+
+
+def test_fast_request_match_gives_the_general_parse_for_every_head(monkeypatch):
+    fast = [_parse_outcome(h) for h in REQUEST_HEADS]
+    monkeypatch.setattr(parser, "_fast_request_re", NEVER)
+    general = [_parse_outcome(h) for h in REQUEST_HEADS]
+    for head, a, b in zip(REQUEST_HEADS, fast, general, strict=True):
+        assert a == b, head
+
+
+def test_fast_request_match_takes_exactly_the_plain_get_and_head_requests():
+    took = [parser._fast_request_re.fullmatch(h) is not None for h in REQUEST_HEADS]
+    assert took == [True] * 5 + [False] * (len(REQUEST_HEADS) - 5)
+    m = parser._fast_request_re.fullmatch(REQUEST_HEADS[1])
+    assert m.groups() == (b"HEAD", b"/a?b=%20", b"Example.org:8080")

@@ -260,6 +260,23 @@ _fast_response_re = re.compile(
     + rb"\r\n"
 )
 
+# The dominant request, decided by one C-level match (parse_request_head's fast path):
+# an HTTP/1.1 GET or HEAD with an origin-form target, exactly one valid Host, and none
+# of Content-Length, Transfer-Encoding, Connection, Upgrade, Expect; every field line
+# valid as FIELD_LINE. Its head then has fixed framing (no body, keep-alive) and only
+# method, target and Host vary. Groups: method, target, Host value (OWS dropped). Any
+# other head (no match) takes the general code, which names errors. Measured on wrk's
+# 1-field GET, callgrind: see the commit that added it.
+_FAST_REQ_OTHER = (rb"(?:(?!(?i:host|content-length|transfer-encoding|connection|upgrade|expect):)"
+                   + FIELD_LINE + rb"\r\n)*")
+_fast_request_re = re.compile(
+    rb"(GET|HEAD) (/" + VCHAR + rb"*) HTTP/1\.1\r\n"
+    + _FAST_REQ_OTHER
+    + rb"(?i:host):[ \t]*(" + HOST + rb")[ \t]*\r\n"
+    + _FAST_REQ_OTHER
+    + rb"\r\n"
+)
+
 # Lower-cased names of the fields that decide framing / connection handling.
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -546,6 +563,15 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
         raw = bytes(buf[start:consumed])
     else:
         raw = buf  # the common case: the read holds exactly one head
+
+    # -- the dominant request: one match validates it and picks what varies ----
+    m = _fast_request_re.fullmatch(raw)
+    if m is not None:
+        method, target, host = m.groups()
+        return (
+            RequestHead(method, target, 11, None, None, False, True, None, host, False, None, raw),
+            consumed,
+        )
 
     # -- request line and field lines: one match validates the whole head -----
     m = _request_head_re.fullmatch(raw)
