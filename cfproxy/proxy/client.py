@@ -65,7 +65,7 @@ from cfproxy.proxy.headers import (
     date_header,
     host_routing_name,
 )
-from cfproxy.proxy.upstream import Dechunker, UpstreamPools, describe_error
+from cfproxy.proxy.upstream import MAX_IDLE_PER_KEY, Dechunker, UpstreamPools, describe_error
 
 HEALTHZ = b"/_chp_healthz"
 HEALTHZ_BODY = b'{"status":"OK"}'
@@ -825,13 +825,31 @@ class ClientProtocol(asyncio.Protocol):
         if up is not None:
             self.up = None
             if self.up_reusable and self.req_done:
-                ctx.pools.release(up)
+                # pools.release, inlined for a live connection whose pool has room
+                pools = ctx.pools
+                lst = pools.idle.get(up.key)
+                if (lst is not None and len(lst) < MAX_IDLE_PER_KEY and up.alive
+                        and not up.gate.held and not pools.closed):
+                    up.owner = None
+                    lst.append(up)
+                else:
+                    pools.release(up)
             else:
                 up.close()
         if not self.resp_keep:
             self.keep_alive = False
         if self.req_done:
-            self._finish()
+            if self.keep_alive and self.state == ACTIVE and not self.buf and not self.gate.held:
+                # _finish, inlined for a keep-alive connection with nothing queued
+                self.req = None
+                self.route = None
+                self.up_reusable = False
+                self.state = IDLE
+                if self.dkind != T_KEEPALIVE:
+                    self.dkind = T_KEEPALIVE
+                    self.deadline.set(ctx.keep_alive_timeout)
+            else:
+                self._finish()
         elif not self.keep_alive:
             self._close()
 
