@@ -222,7 +222,12 @@ def _parse_outcome(head: bytes) -> tuple:
 
 
 def test_fast_request_match_gives_the_general_parse_for_every_head(monkeypatch):
+    monkeypatch.setattr(parser, "_fast_heads", {})
     fast = [_parse_outcome(h) for h in REQUEST_HEADS]
+    again = [_parse_outcome(bytes(bytearray(h))) for h in REQUEST_HEADS]  # from the memo
+    assert len(parser._fast_heads) == 6  # the five plain heads + the one after a CRLF
+    assert again == fast
+    monkeypatch.setattr(parser, "_fast_heads", {})
     monkeypatch.setattr(parser, "_fast_request_re", NEVER)
     general = [_parse_outcome(h) for h in REQUEST_HEADS]
     for head, a, b in zip(REQUEST_HEADS, fast, general, strict=True):
@@ -234,3 +239,17 @@ def test_fast_request_match_takes_exactly_the_plain_get_and_head_requests():
     assert took == [True] * 5 + [False] * (len(REQUEST_HEADS) - 5)
     m = parser._fast_request_re.fullmatch(REQUEST_HEADS[1])
     assert m.groups() == (b"HEAD", b"/a?b=%20", b"Example.org:8080")
+
+
+def test_remembered_heads_stay_bounded_and_keep_the_hot_ones(monkeypatch):
+    monkeypatch.setattr(parser, "_fast_heads", {})
+    hot = b"GET /hot HTTP/1.1\r\nHost: a\r\n\r\n"
+    first, _ = parser.parse_request_head(hot, 64 * 1024)
+    for i in range(3 * parser._FAST_HEADS_MAX):
+        req, _ = parser.parse_request_head(b"GET /u/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i, 64 * 1024)
+        assert req.target == b"/u/%d" % i
+    assert len(parser._fast_heads) == parser._FAST_HEADS_MAX
+    assert parser.parse_request_head(bytes(bytearray(hot)), 64 * 1024)[0] is first
+    big = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: " + b"c" * 2000 + b"\r\n\r\n"
+    assert parser.parse_request_head(big, 64 * 1024)[0].raw == big
+    assert big not in parser._fast_heads

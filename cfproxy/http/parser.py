@@ -236,6 +236,11 @@ _request_special_re = re.compile(
 # Host values that passed _host_re (a set lookup is ~8x cheaper than the match, and a
 # proxy sees few distinct Host values); cleared when full.
 _valid_hosts: set[bytes] = set()
+# Heads that took the fast match -> their RequestHead (see parse_request_head); at most
+# _FAST_HEADS_MAX heads of at most _FAST_HEAD_MAX bytes (~1 MiB).
+_fast_heads: dict[bytes, RequestHead] = {}
+_FAST_HEADS_MAX = 1024
+_FAST_HEAD_MAX = 1024
 _VALID_HOSTS_MAX = 1024
 _response_special_re = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|date):[ \t]*([^\r]*)", re.IGNORECASE
@@ -565,13 +570,23 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
         raw = buf  # the common case: the read holds exactly one head
 
     # -- the dominant request: one match validates it and picks what varies ----
+    # Parsing is a pure function of the head bytes, and clients repeat heads (same
+    # URL, same cookies): a head seen before is answered from _fast_heads (one hash
+    # and compare instead of the match, which with its per-line look-ahead measured
+    # ~12k instructions; callgrind, wrk's GET, fresh bytes per read: 81.4k -> 69.0k
+    # per exchange). Heads are immutable (lazy `headers` splits the same bytes).
+    hit = _fast_heads.get(raw)
+    if hit is not None:
+        return hit, consumed
     m = _fast_request_re.fullmatch(raw)
     if m is not None:
         method, target, host = m.groups()
-        return (
-            RequestHead(method, target, 11, None, None, False, True, None, host, False, None, raw),
-            consumed,
-        )
+        head = RequestHead(method, target, 11, None, None, False, True, None, host, False, None, raw)
+        if len(raw) <= _FAST_HEAD_MAX:
+            if len(_fast_heads) >= _FAST_HEADS_MAX:
+                _fast_heads.popitem()  # the newest: unique heads churn one slot
+            _fast_heads[raw] = head
+        return head, consumed
 
     # -- request line and field lines: one match validates the whole head -----
     m = _request_head_re.fullmatch(raw)
