@@ -75,6 +75,11 @@ RESPONSE_HEAD_MAX = 64 * 1024
 LA_SAMPLE = 16  # last_activity_updating: one timed update per this many (see _timed_activity)
 ROUTE_CACHE_MAX = 4096  # (route, forwarded path) per request-target; one evicted when full
 KEEP_ALIVE_END = b"Connection: keep-alive\r\n\r\n"  # what the fast response path appends
+# Response heads _fast_response_re accepted -> (status, Content-Length, has Date), for
+# the fast response path; at most this many heads of at most this many bytes (~1 MiB).
+FAST_RESPONSES: dict[bytes, tuple[int, int, bool]] = {}
+FAST_RESPONSES_MAX = 1024
+FAST_RESPONSE_HEAD_MAX = 1024
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 
 # connection states
@@ -570,19 +575,29 @@ class ClientProtocol(asyncio.Protocol):
             # building a ResponseHead; anything else falls through to the general code.
             end = data.find(b"\r\n\r\n")
             if end > 0 and end + 4 <= RESPONSE_HEAD_MAX:
-                m = _fast_response_re.fullmatch(data, 0, end + 4)
-                if m is not None:
-                    status_b, date1, cl, date2 = m.groups()
-                    status = int(status_b)
-                    left = int(cl)
-                    end += 4
+                end += 4
+                # A head seen before is decided from FAST_RESPONSES (slice + hash + get,
+                # ~60 ns, against ~580 ns for the match with its per-line look-ahead).
+                key = data[:end] if end != len(data) else data
+                fast = FAST_RESPONSES.get(key)
+                if fast is None:
+                    m = _fast_response_re.fullmatch(data, 0, end)
+                    if m is not None:
+                        status_b, date1, cl, date2 = m.groups()
+                        fast = (int(status_b), int(cl), date1 is not None or date2 is not None)
+                        if end <= FAST_RESPONSE_HEAD_MAX:
+                            if len(FAST_RESPONSES) >= FAST_RESPONSES_MAX:
+                                FAST_RESPONSES.popitem()  # the newest: unique heads churn one slot
+                            FAST_RESPONSES[key] = fast
+                if fast is not None:
+                    status, left, has_date = fast
                     got = len(data) - end
                     ctx = self.ctx
                     if got <= left and status != 204 and (
                             status != 201 or not ctx.rewriter.rewrite_location):
                         out = b"".join((
                             data[:end - 2],
-                            KEEP_ALIVE_END if date1 or date2 else date_header() + KEEP_ALIVE_END,
+                            KEEP_ALIVE_END if has_date else date_header() + KEEP_ALIVE_END,
                             data[end:]))
                         self.resp_status = status
                         metrics = ctx.metrics
