@@ -258,3 +258,39 @@ def test_remembered_heads_stay_bounded_and_keep_the_hot_ones(monkeypatch):
     big = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: " + b"c" * 2000 + b"\r\n\r\n"
     assert parser.parse_request_head(big, 64 * 1024)[0].raw == big
     assert big not in parser._fast_heads
+
+
+# --- a connection repeating its previous request ---------------------------------------
+
+def test_repeated_request_reuses_the_forwarded_head_until_the_table_changes(monkeypatch):
+    async def run() -> list:
+        app = App(Config())
+        app.table.add("/", {"target": "http://127.0.0.1:9"})
+        proto = make_client_protocol_factory(app)()
+        ct = FakeTransport()
+        proto.connection_made(ct)
+        rewriter = proto.ctx.rewriter
+        built = []
+        real = rewriter.request_head
+        monkeypatch.setattr(rewriter, "request_head",
+                            lambda *a: built.append(a[1]) or real(*a))
+        sent = []
+        for step in range(6):
+            if step == 3:  # a new route for the same path: the next request must see it
+                app.table.add("/", {"target": "http://127.0.0.1:9/sub"})
+            up = UpstreamConnection(proto.ctx.pools, app.table.get("/").target.pool_key)
+            upt = FakeTransport()
+            up.connection_made(upt)
+            proto.ctx.pools.release(up)
+            proto.data_received(b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n")
+            sent.append(b"".join(upt.out))
+            up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        assert app.metrics.find_target_for_req.count == 6
+        proto.connection_lost(None)
+        return [built, sent]
+
+    built, sent = asyncio.run(run())
+    assert built == [b"/p", b"/sub/p"]  # built once per table version, reused otherwise
+    assert sent[0] == sent[1] == sent[2] and sent[3] == sent[4] == sent[5]
+    assert sent[0].startswith(b"GET /p HTTP/1.1\r\n")
+    assert sent[3].startswith(b"GET /sub/p HTTP/1.1\r\n")

@@ -169,6 +169,12 @@ class ClientProtocol(asyncio.Protocol):
         self.t_start = 0.0  # perf_counter at the request head (latency histogram)
         self.error_task: asyncio.Task | None = None
         self.ws_buf: list[bytes] | None = None
+        # the previous proxied request on this connection (see _start): its head
+        # object, the table version, route and forwarded head
+        self.last_req = None
+        self.last_version = -1
+        self.last_route = None
+        self.last_head = b""
 
     # ================================================================ connection events
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -359,8 +365,20 @@ class ClientProtocol(asyncio.Protocol):
         if ctx.route_cache_version != version:
             cache.clear()
             ctx.route_cache_version = version
-        key = (req.host or b"") + b" " + raw_target if ctx.host_routing else raw_target
         t0 = self.t_start = time.perf_counter()
+        if req is self.last_req and version == self.last_version:
+            # The same head object as this connection's previous request (the parser
+            # hands out one RequestHead per distinct recent head) and an unchanged
+            # table: the same route and the same forwarded head (it depends only on
+            # the head, the route and this connection). Skips the route cache and
+            # request_head: ~0.6 us per repeated request.
+            ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
+            route = self.route = self.last_route
+            if ctx.debug:
+                log.debug("PROXY WEB %s to %s", log_path(raw_target), route.target.url)
+            self._dispatch(route, self.last_head)
+            return
+        key = (req.host or b"") + b" " + raw_target if ctx.host_routing else raw_target
         hit = cache.get(key)
         if hit is not None:
             ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
@@ -404,8 +422,16 @@ class ClientProtocol(asyncio.Protocol):
             self._proxy_error(500, f"Error: {e}")
             self._after_head()
             return
+        self.last_req = req
+        self.last_version = version
+        self.last_route = route
+        self.last_head = head
+        self._dispatch(route, head)
 
-        # dispatch: a pooled connection, else open one (the head waits in `pending`)
+    def _dispatch(self, route, head: bytes) -> None:
+        """Send the request head: a pooled connection, else open one (the head waits
+        in `pending`)."""
+        ctx = self.ctx
         self.sent_upstream = head
         if self.pdeadline is not None:
             self.pdeadline.set(ctx.proxy_timeout)
@@ -420,7 +446,7 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.pending = [head]
             self.gate.hold(CONNECTING)
-            self.connecting = ctx.pools.connect(target, self._connected)
+            self.connecting = ctx.pools.connect(route.target, self._connected)
         if self.buf:
             self._after_head()
 
