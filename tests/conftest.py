@@ -1,4 +1,5 @@
-"""Shared fixtures: a `proxy` factory that starts cfproxy subprocesses and always stops them.
+"""Shared fixtures: a `proxy` factory that starts cfproxy subprocesses and always stops them,
+and `backend` / `backend2`: an EchoBackend per test module (tests/support/backends.py).
 
     def test_x(proxy):
         p = proxy("--default-target", url)      # a started, listening ProxyProcess
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.backends import EchoBackend
 from tests.support.proxy_process import ProxyProcess
 
 
@@ -26,3 +28,15 @@ def proxy():
     yield start
     for p in started:
         p.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    with EchoBackend() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def backend2():
+    with EchoBackend() as b:
+        yield b

@@ -12,14 +12,8 @@ from datetime import datetime
 
 import pytest
 
-from tests.support.backends import EchoBackend, RawConn, api, build_request, request
+from tests.support.backends import RawConn, api, build_request, request
 from tests.support.proxy_process import ProxyProcess, free_port
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with EchoBackend() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

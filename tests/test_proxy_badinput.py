@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.backends import EchoBackend, RawConn, build_request
+from tests.support.backends import RawConn, build_request
 from tests.support.proxy_process import ProxyProcess
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with EchoBackend() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import time
 import pytest
 
 from tests.support.backends import (
-    EchoBackend,
     RawConn,
     body_pattern,
     build_request,
@@ -22,12 +21,6 @@ from tests.support.backends import (
 from tests.support.proxy_process import ProxyProcess
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with EchoBackend() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from urllib.parse import quote
 import pytest
 
 from tests.support.backends import (
-    EchoBackend,
     ErrorPageBackend,
     RawConn,
     api,
@@ -25,12 +24,6 @@ from tests.support.backends import (
     wait_until,
 )
 from tests.support.proxy_process import ProxyProcess, free_port
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with EchoBackend() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,8 @@ import time
 
 import pytest
 
-from tests.support.backends import EchoBackend, RawConn, api, build_request
+from tests.support.backends import RawConn, api, build_request
 from tests.support.proxy_process import ProxyProcess
-
-
-@pytest.fixture(scope="module")
-def backend():
-    with EchoBackend() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def backend2():
-    with EchoBackend() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,6 @@ from tests.support.proxy_process import ProxyProcess
 
 
 @pytest.fixture(scope="module")
-def backend():
-    with EchoBackend() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def backend2():
-    with EchoBackend() as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
 def proxy(backend):
     with ProxyProcess("--default-target", backend.url) as p:
         yield p
