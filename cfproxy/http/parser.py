@@ -301,6 +301,15 @@ _EXPECT = b"expect"
 # ---------------------------------------------------------------------------
 
 
+def _lazy_headers(head) -> list[tuple[bytes, bytes]]:
+    """A head's field lines, split from ``head.raw`` on first use (the proxy's hot path
+    never needs them: it forwards ``raw``). Shared by RequestHead and ResponseHead."""
+    headers = head._headers
+    if headers is None:
+        headers = head._headers = _split_fields(head.raw)
+    return headers
+
+
 class RequestHead:
     """One parsed request head.
 
@@ -360,14 +369,7 @@ class RequestHead:
         self.connection = connection
         self.raw = raw
 
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """The field lines, split from ``raw`` on first use (the proxy's hot path
-        never needs them: it forwards ``raw``)."""
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = _split_fields(self.raw)
-        return headers
+    headers = property(_lazy_headers)
 
     def __repr__(self) -> str:
         return (
@@ -430,13 +432,7 @@ class ResponseHead:
         self.raw = raw
         self.date = date
 
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """The field lines, split from ``raw`` on first use."""
-        headers = self._headers
-        if headers is None:
-            headers = self._headers = _split_fields(self.raw)
-        return headers
+    headers = property(_lazy_headers)
 
     def __repr__(self) -> str:
         return (

@@ -146,7 +146,11 @@ class URLTrie:
         return best
 
     def lookup(self, path: str) -> Any:
-        """The value of the longest segment-wise prefix of `path`, or None (hot path)."""
+        """The value of the longest segment-wise prefix of `path`, or None (hot path).
+
+        The same walk as `lookup_node`, kept separate on purpose: it returns the value
+        early without a call or a node result (the proxy's uncached lookups run it per
+        request; `lookup_node` serves tests and introspection)."""
         node = self.root
         best = node.value
         path = path.strip("/")

@@ -70,14 +70,10 @@ _REASONS = {
 }
 
 
-@dataclass
-class Received:
-    method: str
-    url: str
-    version: str
+class _HeaderLookup:
+    """Case-insensitive access to a `headers` list of (name, value) pairs."""
+
     headers: list[tuple[str, str]]
-    body: bytes
-    conn: int  # connection number at the backend (1-based)
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -89,6 +85,16 @@ class Received:
     def header_all(self, name: str) -> list[str]:
         name = name.lower()
         return [v for k, v in self.headers if k.lower() == name]
+
+
+@dataclass
+class Received(_HeaderLookup):
+    method: str
+    url: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    conn: int  # connection number at the backend (1-based)
 
 
 class BadRequest(Exception):
@@ -397,20 +403,13 @@ class ErrorPageBackend(EchoBackend):
 
 
 @dataclass
-class Resp:
+class Resp(_HeaderLookup):
     status: int
     reason: str
     version: str
     headers: list[tuple[str, str]]
     body: bytes
     raw_head: bytes = b""
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
 
     def json(self):
         return json.loads(self.body)
