@@ -37,6 +37,7 @@ from cfproxy.config import (
     DEFAULT_PORT,
     DEFAULT_SHUTDOWN_TIMEOUT_MS,
     LOG_LEVELS,
+    MAX_WORKERS,
     Config,
 )
 
@@ -170,6 +171,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--shutdown-timeout <n>", "shutdown_timeout", "value",
            "On SIGTERM/SIGINT, time (in millis) in-flight requests get to finish "
            f"(default: {DEFAULT_SHUTDOWN_TIMEOUT_MS})"),
+    Option("--workers <n>", "workers", "value",
+           "Processes accepting on the public port(s), sharing one route table; 'auto' = the "
+           "CPUs this process may use (default: 1, a single process)"),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -324,6 +328,21 @@ def _strict_int(dest: str, value: str, minimum: int = 0) -> int:
     return n
 
 
+def _workers(value: str) -> int:
+    """--workers: a whole number from 1 to MAX_WORKERS, or "auto" (the CPUs we may use)."""
+    text = value.strip()
+    if text.lower() == "auto":
+        from cfproxy.workers.cpus import usable_cpus
+
+        return usable_cpus()
+    if not re.fullmatch(r"\+?[0-9]+", text):
+        raise _invalid("workers", value, "expected a whole number of processes or 'auto'")
+    n = int(text)
+    if not 1 <= n <= MAX_WORKERS:
+        raise _invalid("workers", value, f"must be between 1 and {MAX_WORKERS}")
+    return n
+
+
 def _millis(dest: str, value: str) -> int | None:
     """--timeout / --proxy-timeout: parseInt; 0 = no timeout; not a number or negative = error."""
     n = js_parse_int(value)
@@ -470,6 +489,8 @@ def parse_args(argv: Sequence[str], env: dict | None = None) -> Parsed:
     for dest in ("header_timeout", "shutdown_timeout"):
         if dest in raw:
             kw[dest] = _strict_int(dest, raw[dest])
+    if "workers" in raw:
+        kw["workers"] = _workers(raw["workers"])
 
     # log level (Q20 fix: an unknown level is an error, not silence)
     if "log_level" in raw:

@@ -18,6 +18,7 @@ DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 5000
 DEFAULT_MAX_HEAD_SIZE = 64 * 1024
 DEFAULT_HEADER_TIMEOUT_MS = 60_000
 DEFAULT_SHUTDOWN_TIMEOUT_MS = 10_000
+MAX_WORKERS = 1024
 API_MAX_BODY_SIZE = 1024 * 1024
 
 LOG_LEVELS = ("error", "warn", "info", "http", "verbose", "debug", "silly")
@@ -102,6 +103,9 @@ class Config:
     max_head_size: int = DEFAULT_MAX_HEAD_SIZE  # --max-head-size: request line + headers
     header_timeout: int = DEFAULT_HEADER_TIMEOUT_MS  # --header-timeout: whole head must arrive
     shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT_MS  # --shutdown-timeout: drain grace period
+    # --workers: processes accepting on the public port(s); 1 = one process, no workers
+    # ("auto" is resolved by the CLI to the CPUs this process may use)
+    workers: int = 1
 
     # Extra keys a library user may want to carry; not set by the CLI.
     extra: dict = field(default_factory=dict, compare=False, hash=False)

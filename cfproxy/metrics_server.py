@@ -206,7 +206,9 @@ def _idle_upstreams(app: Any) -> int:
 def render_metrics(app: Any) -> bytes:
     """The full exposition text for `app` (reference 6), as bytes."""
     m = app.metrics
-    fams = _process_families()
+    # --workers N renders a merged view (cfproxy/workers/metrics.py) with its own
+    # process figures (over every process) and per-worker families at the end
+    fams = getattr(app, "process_families", _process_families)()
     fams += [
         # CHP's families, in CHP's registration order (lib/metrics.js)
         _counter("api_route_get", "Count of API route get requests", m.api_route_get),
@@ -239,6 +241,7 @@ def render_metrics(app: Any) -> bytes:
             "Proxied web request duration, request head to end of response, by status class.",
             m.request_latency_counts, m.request_latency_sums),
     ]
+    fams += getattr(app, "extra_families", list)()
     return "\n".join(fams).encode()
 
 

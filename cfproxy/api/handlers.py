@@ -37,6 +37,7 @@ from cfproxy.log import log
 from cfproxy.routing.target import InvalidTarget, parse_target
 from cfproxy.store.base import to_timestamp
 from cfproxy.store.sync import mirror_add, mirror_remove
+from cfproxy.workers.feed import applied_everywhere
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -364,11 +365,15 @@ class Prepared:
 
     async def run(self, body: bytes) -> ApiResponse:
         try:
-            return await self.handler(self.app, self.path, self.query, body)
+            response = await self.handler(self.app, self.path, self.query, body)
         except Exception as e:  # store failure: answer instead of hanging (2.9)
             log.error("Error in handler for %s %s: %s", self.method, self.log_path, e,
                       exc_info=True)
-            return fail(500, f"Internal Server Error: {type(e).__name__}")
+            response = fail(500, f"Internal Server Error: {type(e).__name__}")
+        if self.method != "GET":
+            # --workers N: answer once every worker routes by the table this write made
+            await applied_everywhere(self.app)
+        return response
 
 
 async def get_routes(app: Any, path: str | None, query: str, body: bytes) -> ApiResponse:
