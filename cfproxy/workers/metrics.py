@@ -18,7 +18,8 @@ fds) and, for the CPU counters, over every worker that ever ran (an ended worker
 CPU time comes from `wait4`). `process_start_time_seconds` and `process_max_fds`
 are the primary's. Gauges of open connections, tunnels and idle upstream
 connections are sums over the live workers' last reports (at most ~1 s old).
-Per worker: `cfproxy_worker_up{worker="i"}` (1 while it serves) and
+Per worker: `cfproxy_worker_up{worker="i"}` (1 while it serves),
+`cfproxy_worker_requests_total{worker="i"}` (how the kernel spread the load), and
 `cfproxy_worker_restarts_total`.
 """
 
@@ -227,10 +228,20 @@ class MergedView:
 
         up = [f'cfproxy_worker_up{{worker="{w.index}"}} {1 if w.serving and not w.ended else 0}\n'
               for w in sorted(self._supervisor.current_workers(), key=lambda w: w.index)]
+        served = []
+        for w in sorted(self._supervisor.current_workers(), key=lambda w: w.index):
+            if w.report is not None:
+                m = w.report.metrics
+                n = getattr(m, "requests_web", 0) + getattr(m, "requests_ws", 0)
+                served.append(f'cfproxy_worker_requests_total{{worker="{w.index}"}} {n}\n')
         return [
             _family("cfproxy_worker_up", "1 while the worker process accepts connections, by worker.",
                     "gauge", up),
             _counter("cfproxy_worker_restarts_total",
                      "Worker processes started to replace one that ended.",
                      self._supervisor.restarts),
+            _family("cfproxy_worker_requests_total",
+                    "Web and WebSocket requests the current process of each worker answered "
+                    "(starts from 0 when the worker is replaced; as of its last report).",
+                    "counter", served),
         ]
