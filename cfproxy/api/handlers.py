@@ -37,7 +37,7 @@ from cfproxy.log import log
 from cfproxy.routing.target import InvalidTarget, parse_target
 from cfproxy.store.base import to_timestamp
 from cfproxy.store.sync import mirror_add, mirror_remove
-from cfproxy.workers.feed import applied_everywhere
+from cfproxy.workers import api as workers_api
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -364,6 +364,8 @@ class Prepared:
         self.log_path = log_path
 
     async def run(self, body: bytes) -> ApiResponse:
+        if self.method == "GET":
+            await workers_api.before_read(self.app)  # --workers N: activity up to now
         try:
             response = await self.handler(self.app, self.path, self.query, body)
         except Exception as e:  # store failure: answer instead of hanging (2.9)
@@ -372,7 +374,7 @@ class Prepared:
             response = fail(500, f"Internal Server Error: {type(e).__name__}")
         if self.method != "GET":
             # --workers N: answer once every worker routes by the table this write made
-            await applied_everywhere(self.app)
+            await workers_api.after_write(self.app)
         return response
 
 

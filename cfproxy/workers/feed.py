@@ -2,7 +2,7 @@
 
     table = FeedTable(host_routing=...)        the primary's RouteTable; reports each write
     feed = Feed(table, on_timeout)             batches writes, numbers them, sends them
-    await applied_everywhere(app)              the API's read-your-writes barrier
+    await feed.applied_everywhere()            the API's read-your-writes barrier (api.py)
 
 Theory of operation. Whatever writes the primary's table (the memory store, the
 store sync layer applying an API write or a Redis change feed, a resync) goes
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 from cfproxy.routing.table import Route, RouteTable
 from cfproxy.workers.channel import encode
@@ -179,13 +178,3 @@ class Feed:
                 if sub.live and sub.acked < target:
                     self.on_timeout(sub, target)
 
-
-async def applied_everywhere(app: Any) -> None:
-    """The API's barrier: with --workers N, wait until every worker routes by the current table.
-
-    A no-op (one attribute read) in a single process. The one place the API calls into the
-    workers; a store sync layer that applies writes for the API may call it instead.
-    """
-    feed = getattr(app, "workers_feed", None)
-    if feed is not None:
-        await feed.applied_everywhere()

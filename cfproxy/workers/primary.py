@@ -79,6 +79,7 @@ class WorkerProcess:
         self.serving = False
         self.ended = False
         self.report: Report | None = None
+        self.activity_waiters: list[asyncio.Future] = []  # GETs waiting for its activity
         self.serving_future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.ended_future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.exit_text = ""
@@ -178,6 +179,12 @@ class Supervisor:
         elif kind == "report":
             self._apply_activity(msg[1])
             w.report = Report(msg[2], msg[3])
+        elif kind == "activity":
+            self._apply_activity(msg[1])
+            waiters, w.activity_waiters = w.activity_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
         elif kind == "ready":
             w.sub.acknowledge(msg[1])
             w.sub.live = True  # from now on the API waits for this worker's acks...
@@ -195,6 +202,21 @@ class Supervisor:
             if not msg[1]:
                 log.error("Worker %d (pid %d): TLS reload failed, keeping the current certificates: %s",
                           w.index, w.pid, msg[2])
+
+    async def gather_activity(self) -> None:
+        """Ask every serving worker for the activity it has not reported yet, and apply it:
+        GET /api/routes then shows last_activity as of now, not as of the last report.
+        Waits at most the feed's timeout (a stuck worker is the feed's to replace)."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for w in self.workers:
+            if w.serving and not w.ended and w.channel is not None and not w.channel.closed:
+                fut = loop.create_future()
+                w.activity_waiters.append(fut)
+                futures.append(fut)
+                w.send(("activity?",))
+        if futures:
+            await asyncio.wait(futures, timeout=self.feed.ack_timeout)
 
     def _apply_activity(self, activity: list) -> None:
         """A worker's moved last_activity: the table keeps the maximum over the workers."""
@@ -265,6 +287,10 @@ class Supervisor:
             w.ended_future.set_result(status)
         if not w.serving_future.done():
             w.serving_future.set_result(False)
+        for fut in w.activity_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        w.activity_waiters = []
         if self.stopping:
             log.debug("Worker %d (pid %d) %s", w.index, w.pid, w.exit_text)
             return
@@ -351,8 +377,8 @@ def _bind_unix(path: str, flag: str) -> socket.socket:
 async def open_public_with_workers(app: Any, listeners: Any) -> str:
     """Bind the public socket(s), start `config.workers` workers on them, wait until all serve.
 
-    Sets `app.workers` (the Supervisor), `app.workers_feed` (the API's barrier) and
-    `app.metrics_view` (what /metrics renders). Returns the address for the start-up line.
+    Sets `app.workers` (the Supervisor: the API's barriers, api.py) and `app.metrics_view`
+    (what /metrics renders). Returns the address for the start-up line.
     Raises ListenError (one line, exit 1) when a socket cannot be bound or a worker cannot
     start.
     """
@@ -372,7 +398,6 @@ async def open_public_with_workers(app: Any, listeners: Any) -> str:
         s.set_inheritable(False)  # pass_fds makes them inheritable in the child only
     supervisor = Supervisor(app, sockets, config.workers)
     app.workers = supervisor
-    app.workers_feed = supervisor.feed
     app.metrics_view = MergedView(app, supervisor)
     try:
         await supervisor.start()

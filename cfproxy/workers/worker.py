@@ -19,8 +19,9 @@ Start-up, in order:
 
 While serving: `("ops", seq, ops)` -> apply to the table, answer `("ack", seq)`; every
 second `("report", activity, metrics, gauges)`: routes whose last_activity moved, the
-metrics registry, open connections/tunnels/idle upstreams. `("reload_tls",)` reloads
-the certificates (answered `("tls", ok, error)`).
+metrics registry, open connections/tunnels/idle upstreams. `("activity?",)` (the API is
+about to answer a GET) -> `("activity", moved)` at once. `("reload_tls",)` reloads the
+certificates (answered `("tls", ok, error)`).
 
 Exits: `("drain",)`, SIGTERM or SIGINT drain like a single process (stop accepting,
 in-flight requests finish within --shutdown-timeout) and exit 0 after a final report;
@@ -106,6 +107,8 @@ class Worker:
             self.stop(urgent=False)
         elif kind == "now":
             self.stop(urgent=True)
+        elif kind == "activity?":
+            self.send(("activity", self.moved_activity()))
         elif kind == "reload_tls":
             self.reload_tls(report=True)
 
@@ -139,10 +142,15 @@ class Worker:
         if report:
             self.send(("tls", ok, error))
 
-    def report(self) -> None:
+    def moved_activity(self) -> list[tuple[str, float]]:
+        """Routes whose last_activity moved since the previous call (1 ms slack for clock steps)."""
         now = time.time()
         activity = moved_activity(self.app.table, self.reported_at - 0.001)
         self.reported_at = now
+        return activity
+
+    def report(self) -> None:
+        activity = self.moved_activity()
         app = self.app
         idle = 0
         fn = getattr(app.upstreams, "idle_count", None)
