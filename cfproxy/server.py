@@ -310,6 +310,7 @@ async def serve(app: Any, startup_warnings: Sequence[str] = ()) -> int:
             workers.terminate()  # normally all gone already; never leave one behind
         listeners.close()
         listeners.remove_socket_files()
+        await _close_store(app)  # no-op after a clean shutdown; releases the store on errors
         for path in pid_written:
             log.debug("Removing %s", path)
             try:
@@ -365,21 +366,14 @@ async def _start_and_wait(app: Any, listeners: Listeners, stopping: Stopping,
 
 
 async def _load_routes(app: Any) -> None:
-    """Fill the table from a store that does not own it (third-party / shared stores)."""
-    from cfproxy.store.sync import load_table
-
-    start = getattr(app.store, "start", None)
-    if start is not None:
-        await start()  # shared stores (redis) connect, load the table and start syncing here
-    await load_table(app.store, app.table)
+    """Open the store and load every route into the table (before anything listens)."""
+    n = await app.sync.start()
+    if n:
+        log.info("Loaded %d route(s) from the route store", n)
 
 
 async def _add_default_route(app: Any, target: str) -> None:
-    from cfproxy.store.sync import mirror_add
-
-    data = {"target": target}
-    await app.store.add("/", dict(data))
-    mirror_add(app.store, app.table, "/", data)
+    await app.sync.add("/", {"target": target})
 
 
 def _redirect_to(config: Config) -> Any:
@@ -491,6 +485,11 @@ async def drain(app: Any, listeners: Listeners, stopping: Stopping) -> None:
     app.shutting_down = True
     listeners.close()
     listeners.remove_socket_files()
+    workers = getattr(app, "workers", None)  # --workers N: the primary's supervisor
+    if workers is not None:
+        workers.start_drain()
+        await workers.gather_activity()  # what they saw goes into the store's last flush
+    await _close_store(app)  # flushed and released before the drain: a successor can open it
     for conn in list(app.connections):
         _call(conn, "close_when_idle")
     grace = app.config.shutdown_timeout / 1000.0
@@ -509,23 +508,21 @@ async def drain(app: Any, listeners: Listeners, stopping: Stopping) -> None:
             transport = getattr(conn, "transport", None)
             if transport is not None:
                 transport.abort()
-    workers = getattr(app, "workers", None)
     if workers is not None:
-        await workers.drain(stopping, app.config.shutdown_timeout)
+        await workers.finish_drain(stopping, app.config.shutdown_timeout)
     for tunnel in list(app.tunnels):
         _call(tunnel, "close")
     upstreams = getattr(app, "upstreams", None)
     if upstreams is not None:
         _call(upstreams, "close")
-    store_close = getattr(app.store, "close", None)
-    if store_close is not None:
-        try:
-            res = store_close()
-            if asyncio.iscoroutine(res):
-                await asyncio.wait_for(res, timeout=2)
-        except Exception as e:  # noqa: BLE001
-            log.debug("store close: %s", e)
     await asyncio.sleep(0)  # let transports flush their close
+
+
+async def _close_store(app: Any) -> None:
+    try:
+        await asyncio.wait_for(app.sync.close(), timeout=5)
+    except Exception as e:  # noqa: BLE001 - shutting down regardless
+        log.warning("Closing the route store (--storage-backend) failed: %s", e)
 
 
 def _call(obj: Any, method: str) -> None:

@@ -429,3 +429,24 @@ def test_workers_route_what_a_redis_store_holds(proxy, backend):
             assert call(replica.api_port, "POST", "/api/routes/from-replica",
                         body=b'{"target": "%s"}' % backend.url.encode()).status == 201
             assert wait_until(lambda: get(p.port, "/from-replica/q")[0] == 200, timeout=5)
+
+
+def test_workers_route_what_a_sqlite_store_holds_across_a_restart(proxy, backend, tmp_path):
+    store = f"sqlite:///{tmp_path}/routes.db"
+    p = proxy("--workers", "2", "--storage-backend", store)
+    worker_pids(p)
+    for i in range(10):
+        assert call(p.api_port, "POST", f"/api/routes/q{i}",
+                    body=b'{"target": "%s"}' % backend.url.encode()).status == 201
+        assert get(p.port, f"/q{i}/x")[0] == 200
+    time.sleep(0.05)
+    assert get(p.port, "/q3/late")[0] == 200
+    seen = time.time()
+    assert p.stop() == 0  # the workers' activity reaches the store's last flush
+    again = proxy("--workers", "2", "--storage-backend", store)
+    worker_pids(again)
+    la = iso_to_ts(call(again.api_port, "GET", "/api/routes/q3").json()["last_activity"])
+    assert seen - 0.03 < la <= seen
+    for i in range(10):
+        status, body = get(again.port, f"/q{i}/y")
+        assert status == 200 and f'"/q{i}/y"'.encode() in body

@@ -26,6 +26,11 @@ Supervision (`Supervisor`):
   and replaced (feed.py); the API answer is not held longer;
 - SIGHUP: each worker reloads its certificates; SIGTERM: each drains within
   --shutdown-timeout, stragglers are killed after a short margin.
+
+The store sync (cfproxy/store/sync.py) is the only writer of the primary's table the
+API waits for: `on_route_change` is subscribed to it, so an API write is answered once
+the feed's barrier passed. Activity from the workers goes to `StoreSync.note_activity`
+(max-merged into the table, saved to the store with the next batch).
 """
 
 from __future__ import annotations
@@ -219,12 +224,16 @@ class Supervisor:
             await asyncio.wait(futures, timeout=self.feed.ack_timeout)
 
     def _apply_activity(self, activity: list) -> None:
-        """A worker's moved last_activity: the table keeps the maximum over the workers."""
-        table = self.app.table
-        for prefix, when in activity:
-            route = table.get(prefix)
-            if route is not None and when > route.last_activity:
-                route.last_activity = when
+        """A worker's moved last_activity: the table keeps the maximum over the workers, and
+        the store sync saves it with the next batch (StoreSync.note_activity)."""
+        if activity:
+            self.app.sync.note_activity(dict(activity))
+
+    def on_route_change(self, change: Any) -> Any:
+        """StoreSync listener: an API write is answered once every live worker applied it."""
+        if change.origin == "api":
+            return self.feed.applied_everywhere()
+        return None  # a store's feed or activity: the ops travel anyway, nobody waits
 
     def _on_closed(self, w: WorkerProcess, reason: str) -> None:
         if w.sub is not None:
@@ -323,12 +332,15 @@ class Supervisor:
         for w in self.workers:
             w.send(("reload_tls",))
 
-    async def drain(self, stopping: Any, grace_ms: int) -> None:
-        """Every worker drains (stop accepting, finish in-flight) within grace_ms; then kill."""
+    def start_drain(self) -> None:
+        """Every worker stops accepting and finishes what is in flight (no restarts from now)."""
         self.stopping = True
         self.close_sockets()
         for w in list(self.workers):
             w.send(("drain",))
+
+    async def finish_drain(self, stopping: Any, grace_ms: int) -> None:
+        """Wait for the workers to end (grace_ms + a margin for their last report); then kill."""
         deadline = time.monotonic() + grace_ms / 1000.0 + DRAIN_MARGIN
         told_now = False
         while self.workers and time.monotonic() < deadline:
@@ -398,6 +410,7 @@ async def open_public_with_workers(app: Any, listeners: Any) -> str:
         s.set_inheritable(False)  # pass_fds makes them inheritable in the child only
     supervisor = Supervisor(app, sockets, config.workers)
     app.workers = supervisor
+    app.sync.subscribe(supervisor.on_route_change)
     app.metrics_view = MergedView(app, supervisor)
     try:
         await supervisor.start()
