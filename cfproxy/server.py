@@ -6,7 +6,10 @@ Owns everything between a finished Config and a running proxy, and back:
     await serve(app) -> exit code    start-up lines, listeners, pid file, wait for a signal, drain
 
 It never parses HTTP and never touches routes except adding --default-target
-at start-up. Start-up lines are CHP's (reference 1.7), on stdout, in CHP's order,
+at start-up. With `--workers N` (N > 1) this process is the primary: the public
+listener is opened by `cfproxy.workers.primary.open_public_with_workers` (bind
+here, accept in N worker processes), the drain also drains the workers and
+SIGHUP is passed on to them; everything else is as below. Start-up lines are CHP's (reference 1.7), on stdout, in CHP's order,
 ending with `Route added / -> T` (JupyterHub and CHP's tests wait for it).
 
 Deviations from CHP, all deliberate (reference 1.7/1.8, quirks Q8, Q22):
@@ -294,7 +297,7 @@ def addr_text(port: Any, ip: Any) -> str:
 async def serve(app: Any, startup_warnings: Sequence[str] = ()) -> int:
     """Start every listener of `app`, serve until SIGINT/SIGTERM, drain, return the exit code."""
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_uncaught_exception)
+    loop.set_exception_handler(log_uncaught_exception)
     # installed first, so a signal during start-up still ends in a clean shutdown
     stopping = _install_signal_handlers(app)
     listeners = Listeners()
@@ -532,7 +535,7 @@ def _call(obj: Any, method: str) -> None:
         log.debug("%s.%s() failed during shutdown: %s", type(obj).__name__, method, e)
 
 
-def _uncaught_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+def log_uncaught_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     """CHP's process-wide handler: log and keep running."""
     exc = context.get("exception")
     msg = str(exc) if exc is not None else context.get("message", "unknown error")

@@ -311,6 +311,26 @@ def test_a_worker_that_does_not_apply_a_write_is_replaced_and_the_answer_is_not_
             pass
 
 
+def test_a_worker_that_does_not_answer_a_read_is_replaced_and_the_read_is_not_held(workers):
+    pids = worker_pids(workers)
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        assert call(workers.api_port, "GET", "/api/routes").status == 200
+        assert 1.5 < time.monotonic() - t0 < 3.5
+        workers.wait_for_output(f"(pid {pids[1]}) did not answer within 2.0 s; replacing it")
+        assert wait_until(lambda: len(children(workers.pid)) == 2 and pids[1] not in children(workers.pid),
+                          timeout=5)
+        t0 = time.monotonic()
+        assert call(workers.api_port, "GET", "/api/routes").status == 200
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        try:
+            os.kill(pids[1], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def test_primary_killed_with_sigkill_leaves_no_worker_and_frees_the_port(proxy):
     p = proxy("--workers", "2")
     pids = worker_pids(p)

@@ -170,9 +170,10 @@ class Worker:
 
     # --- the life of a worker ---------------------------------------------------------------
     async def run(self) -> int:
-        from cfproxy.server import Listeners, drain, listener_factory
+        from cfproxy.server import Listeners, drain, listener_factory, log_uncaught_exception
 
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(log_uncaught_exception)  # CHP's: log and keep serving
         # A signal from a terminal or from systemd reaches every process of the group, the
         # primary's "drain" follows: only a second *signal* (or "now") cuts the drain short.
         loop.add_signal_handler(signal.SIGTERM, self.on_signal)
