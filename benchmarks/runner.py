@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from benchmarks import procs, scenarios
+from benchmarks import procs, scenarios, state
 from benchmarks.backend import raise_nofile
 from benchmarks.peers import (
     ALL_PEERS,
@@ -156,7 +156,7 @@ class Run:
         for sc in self.args.selected:
             k = len(self.peers_for(sc))
             n += {"http": r * k, "ws": r * k, "rss": 2 * k, "routes": k + 2 * r * k,
-                  "startup": self.prof["startup_rounds"] * k}[sc.group]
+                  "startup": self.prof["startup_rounds"] * k, "state": 4 + 2 * r}[sc.group]
         return n
 
     # --- the run ----------------------------------------------------------------------------
@@ -221,6 +221,8 @@ class Run:
                 self.run_routes(sc)
         for sc in groups["startup"]:
             self.run_startup(sc)
+        for sc in groups["state"]:
+            state.run(self, sc)
         self.progress.finish()
         return res
 

@@ -10,6 +10,7 @@ Groups:
   routes   fresh cfproxy / CHP with N routes: API adds/s, GET /api/routes, RSS,
            throughput over random routes vs one route
   startup  a fresh peer, spawn -> first proxied 200
+  state    the SQLite store: adds/s, restart with N routes, SQLite vs memory (benchmarks/state.py)
 """
 
 from __future__ import annotations
@@ -153,8 +154,11 @@ SCENARIOS: list[Scenario] = [
                      (_t("chp", "<=", 0.5, "≤ 1/2 CHP"),))],
              {}, ("cfproxy", "chp", "nginx")),
 ]
+from benchmarks import state as _state  # noqa: E402 - the state group (SQLite store)
+
+SCENARIOS.append(_state.scenario())
 BY_ID = {s.id: s for s in SCENARIOS}
-GROUPS = ("http", "ws", "rss", "routes", "startup")
+GROUPS = ("http", "ws", "rss", "routes", "startup", "state")
 
 
 # --- measuring one peer once --------------------------------------------------------------
