@@ -106,10 +106,13 @@ class RouteTable:
         """
         if target is None:
             target = parse_target(data.get("target"))  # type: ignore[arg-type]
-        key = self.match_key(prefix)
-        canonical = canonical_prefix(prefix)
-        if canonical == key:
-            canonical = key  # one string for both (100k routes: 5.7 MB less)
+        segments = split_path(prefix)
+        canonical = join_path(segments)
+        key = canonical  # one string for both unless the host is lower-cased (100k: 5.7 MB less)
+        if self.host_routing and segments:
+            host = segments[0].lower()
+            if host != segments[0]:
+                key = join_path([host, *segments[1:]])
         route = Route(
             canonical,
             data,

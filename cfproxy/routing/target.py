@@ -9,6 +9,7 @@ forwarded requests, and the Host value used by --change-origin.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 SCHEMES = ("http", "https", "http+unix", "unix+http")
@@ -54,11 +55,50 @@ def parse_target(url: str) -> Target:
         target = _parsed.get(url)
         if target is not None:
             return target
-    target = _parse_target(url)
+    target = _with_known_origin(url)
+    if target is None:
+        target = _parse_target(url)
     if len(_parsed) >= _PARSED_MAX:
         _parsed.clear()
     _parsed[url] = target
     return target
+
+
+_origins: dict[str, Target] = {}  # "scheme://netloc" -> its Target (path and query empty)
+_UNSAFE = frozenset("\t\r\n")
+
+
+def _with_known_origin(url: Any) -> Target | None:
+    """The Target of `url` from its parsed origin ("scheme://netloc"), or None to parse it all.
+
+    Loading 100,000 stored routes with distinct target URLs on a few servers: urlsplit per
+    URL cost ~20 us (2 s); the origin is parsed once and the path/query split here exactly
+    as urlsplit splits them (fragment first, then query). Anything unusual (control or
+    whitespace characters, no "://") takes the full parse."""
+    if type(url) is not str:
+        return None
+    start = url.find("://")
+    if start <= 0 or url[0] <= " " or not _UNSAFE.isdisjoint(url):
+        return None
+    end = len(url)
+    for sep in "/?#":
+        i = url.find(sep, start + 3)
+        if 0 <= i < end:
+            end = i
+    origin_url = url[:end]
+    origin = _origins.get(origin_url)
+    if origin is None:
+        try:
+            origin = _parse_target(origin_url)
+        except InvalidTarget:
+            return None  # the full parse says what is wrong, naming the whole URL
+        if len(_origins) >= _PARSED_MAX:
+            _origins.clear()
+        _origins[origin_url] = origin
+    rest = url[end:].partition("#")[0]
+    path, _, query = rest.partition("?")
+    return Target(url, origin.scheme, origin.host, origin.port, origin.unix_path, path, query,
+                  origin.host_header)
 
 
 def _parse_target(url: str) -> Target:
