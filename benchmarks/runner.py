@@ -193,6 +193,10 @@ class Run:
             else:
                 self.peers.append(name)
         self.results.peers = self.peers
+        if self.args.backend == "nginx" and not find_nginx():
+            self.args.backend = self.backends.kind = "python"
+            self.results.notes.append("nginx not found: the lean python backend serves HTTP "
+                                      "(scripts/install-bench-tools.sh)")
         if not wrk_path():
             self.results.notes.append("wrk not found: HTTP and routes-throughput scenarios skipped "
                                       "(scripts/install-bench-tools.sh)")

@@ -111,7 +111,7 @@ def browser_cookie(user: str, rng: random.Random) -> str:
 
 def browser_head(host: str, user: str, path: str, rng: random.Random,
                  method: str = "GET", extra: str = "") -> bytes:
-    """A browser-shaped request head (~650 bytes) for `path` under /user/<user>/."""
+    """A browser-shaped request head (~750 bytes) for `path` under /user/<user>/."""
     return (f"{method} /user/{user}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n"
             f"User-Agent: {USER_AGENT}\r\nAccept: {ACCEPT}\r\nX-XSRFToken: {_hex(rng, 32)}\r\n"
             f"Referer: http://{host}/user/{user}/lab\r\nAccept-Encoding: {ACCEPT_ENCODING}\r\n"
