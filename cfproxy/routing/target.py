@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cfproxy.http import fastpath
+from cfproxy.http.fastpath import TARGET_CACHE_SIZE, BoundedCache
+
 SCHEMES = ("http", "https", "http+unix", "unix+http")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -41,8 +44,8 @@ class Target:
         return (self.scheme, self.host, self.port, self.unix_path)
 
 
-_parsed: dict[str, Target] = {}  # url -> Target: Targets are immutable, so routes share them
-_PARSED_MAX = 1024
+# url -> Target: Targets are immutable, so routes share them (the one memo policy)
+_parsed = BoundedCache(TARGET_CACHE_SIZE)
 
 
 def parse_target(url: str) -> Target:
@@ -55,16 +58,15 @@ def parse_target(url: str) -> Target:
         target = _parsed.get(url)
         if target is not None:
             return target
-    target = _with_known_origin(url)
+    # the origin shortcut is a fast path (twin: _parse_target; tests/test_target_origin.py)
+    target = _with_known_origin(url) if fastpath.ENABLED else None
     if target is None:
         target = _parse_target(url)
-    if len(_parsed) >= _PARSED_MAX:
-        _parsed.clear()
-    _parsed[url] = target
+    _parsed.put(url, target)
     return target
 
 
-_origins: dict[str, Target] = {}  # "scheme://netloc" -> its Target (path and query empty)
+_origins = BoundedCache(TARGET_CACHE_SIZE)  # "scheme://netloc" -> its Target (path and query empty)
 _UNSAFE = frozenset("\t\r\n")
 
 
@@ -92,9 +94,7 @@ def _with_known_origin(url: Any) -> Target | None:
             origin = _parse_target(origin_url)
         except InvalidTarget:
             return None  # the full parse says what is wrong, naming the whole URL
-        if len(_origins) >= _PARSED_MAX:
-            _origins.clear()
-        _origins[origin_url] = origin
+        _origins.put(origin_url, origin)
     rest = url[end:].partition("#")[0]
     path, _, query = rest.partition("?")
     return Target(url, origin.scheme, origin.host, origin.port, origin.unix_path, path, query,
