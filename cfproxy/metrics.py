@@ -159,6 +159,21 @@ class Summary:
         return len(self._means)
 
 
+# What `Metrics.timeouts` counts, by kind: each is bumped once where that timeout fires.
+TIMEOUT_KINDS = (
+    "header",  # public port: a request head not complete within --header-timeout (408)
+    "request",  # public port: a request not complete within the request timeout (408)
+    "activity",  # public port: --timeout, no bytes either way during a web request
+    "proxy",  # public port: --proxy-timeout, the target did not answer (503 or cut)
+    "keep_alive",  # public port: an idle keep-alive connection closed
+    "upstream_idle",  # a pooled upstream connection closed after its idle timeout
+    "api_header",  # API: a request not complete within --header-timeout
+    "api_keep_alive",  # API: an idle keep-alive connection closed (5 s)
+    "metrics_request",  # metrics port: a request not complete within 60 s
+    "redirect_request",  # redirect port: a request not complete within 60 s
+)
+
+
 class Metrics:
     def __init__(self) -> None:
         # CHP's families (reference section 6)
@@ -174,6 +189,9 @@ class Metrics:
         # cfproxy additions
         self.bytes_in = 0  # from clients
         self.bytes_out = 0  # to clients
+        # connections and requests cut by a timeout, by kind (TIMEOUT_KINDS; a kind not
+        # listed there still counts, printed after them)
+        self.timeouts: defaultdict[str, int] = defaultdict(int, dict.fromkeys(TIMEOUT_KINDS, 0))
         # request latency histogram: per status class, non-cumulative bucket counts
         # (last slot = +Inf) and the sum of observed seconds
         n = len(LATENCY_BUCKETS) + 1
