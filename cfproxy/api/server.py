@@ -461,6 +461,8 @@ class ApiProtocol(asyncio.Protocol):
         head = line + b"date: " + _http_date() + b"\r\n"
         if response.content_type:
             head += b"content-type: " + response.content_type.encode() + b"\r\n"
+        if response.extra_headers:
+            head += response.extra_headers
         if status != 204 and status >= 200:
             head += b"content-length: %d\r\n" % len(body)
         if close:
