@@ -38,6 +38,7 @@ from cfproxy.config import (
     DEFAULT_SHUTDOWN_TIMEOUT_MS,
     LOG_LEVELS,
     Config,
+    fast_paths_from_env,
 )
 
 PROG = "configurable-http-proxy"
@@ -509,6 +510,7 @@ def parse_args(argv: Sequence[str], env: dict | None = None) -> Parsed:
     kw["auth_token"] = env.get("CONFIGPROXY_AUTH_TOKEN") or None
     kw["ssl_key_passphrase"] = env.get("CONFIGPROXY_SSL_KEY_PASSPHRASE") or None
     kw["api_ssl_key_passphrase"] = env.get("CONFIGPROXY_API_SSL_KEY_PASSPHRASE") or None
+    kw["fast_paths"] = fast_paths_from_env(env)
 
     config = Config(**kw)
     _check_tls(config)

@@ -20,6 +20,16 @@ DEFAULT_HEADER_TIMEOUT_MS = 60_000
 DEFAULT_SHUTDOWN_TIMEOUT_MS = 10_000
 API_MAX_BODY_SIZE = 1024 * 1024
 
+
+
+def fast_paths_from_env(env=None) -> bool:
+    """CFPROXY_FAST_PATHS: "0", "false", "no" or "off" turn the fast paths off."""
+    import os
+
+    value = (os.environ if env is None else env).get("CFPROXY_FAST_PATHS", "1")
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
 LOG_LEVELS = ("error", "warn", "info", "http", "verbose", "debug", "silly")
 
 
@@ -102,6 +112,9 @@ class Config:
     max_head_size: int = DEFAULT_MAX_HEAD_SIZE  # --max-head-size: request line + headers
     header_timeout: int = DEFAULT_HEADER_TIMEOUT_MS  # --header-timeout: whole head must arrive
     shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT_MS  # --shutdown-timeout: drain grace period
+    # every fast path and memo of the data path (cfproxy/http/fastpath.py); off with the
+    # environment variable CFPROXY_FAST_PATHS=0 (tests run the general code that way)
+    fast_paths: bool = field(default_factory=fast_paths_from_env)
 
     # Extra keys a library user may want to carry; not set by the CLI.
     extra: dict = field(default_factory=dict, compare=False, hash=False)

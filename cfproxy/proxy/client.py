@@ -43,10 +43,10 @@ import asyncio
 import time
 
 from cfproxy.http.errors import ErrorPages, response_bytes
+from cfproxy.http.fastpath import CRLF, ROUTE_CACHE_SIZE, BoundedCache, response_shape
 from cfproxy.http.parser import (
     ChunkedReader,
     HTTPError,
-    _fast_response_re,
     parse_request_head,
     parse_response_head,
 )
@@ -80,13 +80,6 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 QUEUE_LIMIT = 64 * 1024  # pipelined bytes buffered before reading stops
 RESPONSE_HEAD_MAX = 64 * 1024
 LA_SAMPLE = 16  # last_activity_updating: one timed update per this many (see _timed_activity)
-ROUTE_CACHE_MAX = 4096  # (route, forwarded path) per request-target; one evicted when full
-KEEP_ALIVE_END = b"Connection: keep-alive\r\n\r\n"  # what the fast response path appends
-# Response heads _fast_response_re accepted -> (status, Content-Length, has Date), for
-# the fast response path; at most this many heads of at most this many bytes (~1 MiB).
-FAST_RESPONSES: dict[bytes, tuple[int, int, bool]] = {}
-FAST_RESPONSES_MAX = 1024
-FAST_RESPONSE_HEAD_MAX = 1024
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 
 # connection states
@@ -123,10 +116,11 @@ class ProxyContext:
         self.keep_alive_s = max(1, c.keep_alive_timeout // 1000)
         self.header_timeout = c.header_timeout / 1000.0
         self.debug = debug_enabled()
+        self.fast_paths = c.fast_paths
         self.connections = app.connections
         # request-target (host-prefixed under host routing) -> (Route, forwarded path),
         # valid for table.version == route_cache_version
-        self.route_cache: dict[bytes, tuple] = {}
+        self.route_cache = BoundedCache(ROUTE_CACHE_SIZE)
         self.route_cache_version = -1
         self.wheel: TimerWheel | None = None  # the loop's deadline wheel, on first connection
         self.la_sample = 1  # countdown to the next timed last_activity update (the first is)
@@ -373,7 +367,7 @@ class ClientProtocol(asyncio.Protocol):
             cache.clear()
             ctx.route_cache_version = version
         t0 = self.t_start = time.perf_counter()
-        if req is self.last_req and version == self.last_version:
+        if req is self.last_req and version == self.last_version and ctx.fast_paths:
             # The same head object as this connection's previous request (the parser
             # hands out one RequestHead per distinct recent head) and an unchanged
             # table: the same route and the same forwarded head (it depends only on
@@ -412,12 +406,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._proxy_error(500, f"Error: {e}")
                 self._after_head()
                 return
-            if len(cache) >= ROUTE_CACHE_MAX:
-                # Full: drop one entry (popitem: the newest, in C) rather than all. The
-                # entries that filled the cache stay useful, and a client sending unique
-                # URLs churns one slot instead of flushing everyone's hot targets.
-                cache.popitem()
-            cache[key] = (route, path)
+            cache.put(key, (route, path))
         self.route = route
         target = route.target
         if ctx.debug:
@@ -600,54 +589,46 @@ class ClientProtocol(asyncio.Protocol):
         req = self.req
         if (not self.resp_buf and self.state == ACTIVE and req.connection is None
                 and req.version == 11 and req.method != b"HEAD"):
-            # Fast path for the dominant exchange: an HTTP/1.1 client without a
-            # Connection header, and a 2xx Content-Length response without Connection /
-            # Transfer-Encoding (one regex match, _fast_response_re). It writes the same
-            # bytes as parse_response_head + _response_head + HeaderRewriter.response_head
-            # (head as received + Date when absent + "Connection: keep-alive") without
-            # building a ResponseHead; anything else falls through to the general code.
+            # The dominant exchange: an HTTP/1.1 client without a Connection field and a
+            # response head fastpath.response_shape decides (2xx, Content-Length or
+            # chunked, no Connection or keep-alive; memoised per head), relayed without
+            # building a ResponseHead. Anything else takes the general code below.
             end = data.find(b"\r\n\r\n")
             if end > 0 and end + 4 <= RESPONSE_HEAD_MAX:
                 end += 4
-                # A head seen before is decided from FAST_RESPONSES (slice + hash + get,
-                # ~60 ns, against ~580 ns for the match with its per-line look-ahead).
-                key = data[:end] if end != len(data) else data
-                fast = FAST_RESPONSES.get(key)
-                if fast is None:
-                    m = _fast_response_re.fullmatch(data, 0, end)
-                    if m is not None:
-                        status_b, date1, cl, date2 = m.groups()
-                        fast = (int(status_b), int(cl), date1 is not None or date2 is not None)
-                        if end <= FAST_RESPONSE_HEAD_MAX:
-                            if len(FAST_RESPONSES) >= FAST_RESPONSES_MAX:
-                                FAST_RESPONSES.popitem()  # the newest: unique heads churn one slot
-                            FAST_RESPONSES[key] = fast
-                if fast is not None:
-                    status, left, has_date = fast
-                    got = len(data) - end
-                    ctx = self.ctx
-                    if got <= left and status != 204 and (
-                            status != 201 or not ctx.rewriter.rewrite_location):
-                        out = b"".join((
-                            data[:end - 2],
-                            KEEP_ALIVE_END if has_date else date_header() + KEEP_ALIVE_END,
-                            data[end:]))
+                head = data[:end] if end != len(data) else data
+                shape = response_shape(head)
+                if shape is not None and (shape[0] != 201
+                                          or not self.ctx.rewriter.rewrite_location):
+                    status, length, has_date, tail = shape
+                    if length >= 0 and len(data) - end == length:
+                        # the whole response in this read: one write (a syscall saved
+                        # per small response)
+                        if has_date:
+                            out = data if tail is CRLF else b"".join(
+                                (data[:end - 2], tail, data[end:]))
+                        else:
+                            out = b"".join((data[:end - 2], date_header(), tail, data[end:]))
+                        ctx = self.ctx
                         self.resp_status = status
                         metrics = ctx.metrics
                         metrics.requests_proxy[status] += 1
                         metrics.bytes_out += len(out)
-                        if ctx.timeout:
-                            self.deadline.set(ctx.timeout)
                         self.resp_mode = BODY_LENGTH
                         self.resp_keep = True  # HTTP/1.1 client, no Connection field
-                        self.up_reusable = True  # HTTP/1.1, no Connection, length-framed
+                        self.up_reusable = True  # HTTP/1.1 target, keep-alive, framed
+                        self.resp_left = 0
                         self.transport.write(out)
-                        if got == left:
-                            self.resp_left = 0
-                            self._response_done()
-                        else:
-                            self.resp_left = left - got
+                        self._response_done()
                         return
+                    if has_date:
+                        out_head = head if tail is CRLF else head[:-2] + tail
+                    else:
+                        out_head = b"".join((head[:-2], date_header(), tail))
+                    self._relay_head(status, out_head,
+                                     BODY_LENGTH if length >= 0 else BODY_CHUNKED, length,
+                                     True, True, data[end:])
+                    return
         buf = self.resp_buf + data if self.resp_buf else data
         while True:
             try:
@@ -673,14 +654,26 @@ class ClientProtocol(asyncio.Protocol):
             return
 
     def _response_head(self, resp, rest: bytes) -> None:
-        """Relay the response head; `rest` = the body bytes that came with it."""
-        ctx = self.ctx
+        """The general code: decide and relay a parsed response head; `rest` = the body
+        bytes that came with it."""
         req = self.req
         status = resp.status
+        no_body = status < 200 or status == 204 or status == 304 or req.method == b"HEAD"
+        head, mode, keep = self.ctx.rewriter.response_head(resp, req, no_body, self.route.target)
+        if not no_body:
+            up_keep = resp.keep_alive
+        else:
+            conn = resp.connection
+            up_keep = resp.version == 11 and not (conn and b"close" in conn.lower())
+        self._relay_head(status, head, mode, resp.content_length if mode == BODY_LENGTH else -1,
+                         keep, up_keep and status != 101, rest)
+
+    def _relay_head(self, status: int, head: bytes, mode: int, length: int, keep: bool,
+                    up_reusable: bool, rest: bytes) -> None:
+        """Write the decided response head and start relaying its body (both paths)."""
+        ctx = self.ctx
         self.resp_status = status
         ctx.metrics.requests_proxy[status] += 1
-        no_body = status < 200 or status == 204 or status == 304 or req.method == b"HEAD"
-        head, mode, keep = ctx.rewriter.response_head(resp, req, no_body, self.route.target)
         # counted here with the body bytes that came along (one add on the small-response
         # path); the branches that relay `rest` differently correct it
         ctx.metrics.bytes_out += len(head) + len(rest)
@@ -688,18 +681,13 @@ class ClientProtocol(asyncio.Protocol):
             self.deadline.set(ctx.timeout)
         self.resp_mode = mode
         self.resp_keep = keep
-        if not no_body:
-            up_keep = resp.keep_alive
-        else:
-            conn = resp.connection
-            up_keep = resp.version == 11 and not (conn and b"close" in conn.lower())
-        self.up_reusable = up_keep and status != 101
+        self.up_reusable = up_reusable
         if mode == BODY_NONE:
             self.transport.write(head)
             self._response_done()
             return
         if mode == BODY_LENGTH:
-            left = self.resp_left = resp.content_length
+            left = self.resp_left = length
             if len(rest) == left:
                 # the whole small response in one read: one write (a syscall saved per
                 # request measured +25% requests/s on small keep-alive GETs)

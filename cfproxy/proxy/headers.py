@@ -27,6 +27,7 @@ from email.utils import formatdate
 from urllib.parse import urlsplit
 
 from cfproxy.config import Config
+from cfproxy.http.fastpath import TAIL_CACHE_SIZE, BoundedCache
 from cfproxy.routing.target import Target
 
 _XFF = b"x-forwarded-for"
@@ -36,7 +37,6 @@ _XFHOST = b"x-forwarded-host"
 _TRAILER = b"trailer"
 _HOST = b"host"
 _BODYLESS_DEFAULT_CL = (b"DELETE", b"OPTIONS")
-TAIL_CACHE_MAX = 1024
 _CONNECTION_KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CONNECTION_CLOSE = b"Connection: close\r\n"
 
@@ -125,7 +125,7 @@ class HeaderRewriter:
         # Appended as a block on the fast path; a custom Host loses to --change-origin.
         self.custom_lines = b"".join(n + b": " + v + b"\r\n" for n, v in self.custom
                                      if not (self.change_origin and n.lower() == _HOST))
-        self._tails: dict[tuple, bytes] = {}  # see request_head
+        self._tails = BoundedCache(TAIL_CACHE_SIZE)  # see request_head
 
     # --- request -------------------------------------------------------------------------
     def request_head(self, req, path: bytes, target: Target, client_ip: bytes | None,
@@ -144,9 +144,7 @@ class HeaderRewriter:
             tail = self._tails.get(key)
             if tail is None:
                 tail = self._tail(host, client_ip, tls, req.connection is None)
-                if len(self._tails) >= TAIL_CACHE_MAX:
-                    self._tails.clear()
-                self._tails[key] = tail
+                self._tails.put(key, tail)
             if path == req.target and req.version == 11:
                 return raw[:-2] + tail  # the request line is forwarded unchanged
             return b"".join((req.method, b" ", path, b" HTTP/1.1\r\n", _head_block(raw), tail))

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from cfproxy.http.fastpath import TARGET_CACHE_SIZE, BoundedCache
+
 SCHEMES = ("http", "https", "http+unix", "unix+http")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Whitespace and control characters (C0, DEL, C1, and Unicode spaces): never valid in a URL,
@@ -45,8 +47,8 @@ class Target:
         return (self.scheme, self.host, self.port, self.unix_path)
 
 
-_parsed: dict[str, Target] = {}  # url -> Target: Targets are immutable, so routes share them
-_PARSED_MAX = 1024
+# url -> Target: Targets are immutable, so routes share them (the one memo policy)
+_parsed = BoundedCache(TARGET_CACHE_SIZE)
 
 
 def parse_target(url: str) -> Target:
@@ -60,9 +62,7 @@ def parse_target(url: str) -> Target:
         if target is not None:
             return target
     target = _parse_target(url)
-    if len(_parsed) >= _PARSED_MAX:
-        _parsed.clear()
-    _parsed[url] = target
+    _parsed.put(url, target)
     return target
 
 
