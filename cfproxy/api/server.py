@@ -51,10 +51,9 @@ from typing import Any
 
 from cfproxy.api.handlers import ApiResponse, Prepared, fail, preflight
 from cfproxy.config import API_MAX_BODY_SIZE
-from cfproxy.http.flow_control import WriteFlow
 from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head
 from cfproxy.log import log
-from cfproxy.proxy.flow import QUEUED, ReadGate
+from cfproxy.proxy.flow import QUEUED, ReadGate, WriteFlow
 from cfproxy.tls import transport_is_tls
 
 KEEP_ALIVE_S = 5.0  # Node's default, independent of --keep-alive-timeout (reference 2.1)

@@ -31,9 +31,8 @@ from http import HTTPStatus
 
 import h11
 
-from cfproxy.http.flow_control import WriteFlow
 from cfproxy.log import log
-from cfproxy.proxy.flow import ReadGate
+from cfproxy.proxy.flow import ReadGate, WriteFlow
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, extra headers, body
 
