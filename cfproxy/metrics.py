@@ -31,8 +31,11 @@ a microsecond. Accuracy is best at the tails, which is what p99/p99.9 need.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
+import random
+import time
 from collections import defaultdict
 from itertools import accumulate
 from operator import mul
@@ -174,6 +177,93 @@ TIMEOUT_KINDS = (
 )
 
 
+class LoopLag:
+    """How late the event loop runs its callbacks: CHP's `nodejs_eventloop_lag_*` counterpart.
+
+    Once started (by the metrics listener), a timer asks to run every `INTERVAL` seconds
+    and records how much later than asked it ran: the time the loop was busy with
+    something else (a long callback, a burst of connections, GC). prom-client reports
+    Node's delay histogram, which includes its own 10 ms sampling interval; here only the
+    lateness beyond the interval is recorded, so an idle proxy reads ~0.
+
+    `last` is the latest sample (`nodejs_eventloop_lag_seconds`); `take()` returns the
+    min/max/mean/stddev/p50/p90/p99 of the samples since the previous `take()` and starts
+    over, as prom-client resets its histogram on every scrape. At most `KEEP` samples are
+    kept for the percentiles between scrapes (reservoir sampling); the moments use all.
+    Cost: 100 timer callbacks a second, ~1 us each.
+    """
+
+    INTERVAL = 0.01
+    KEEP = 4096
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._expected = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.sumsq = 0.0
+        self.min = math.inf
+        self.max = 0.0
+        self.samples: list[float] = []
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start sampling on `loop` (again a no-op)."""
+        if self.loop is not None:
+            return
+        self.loop = loop
+        self._expected = time.perf_counter() + self.INTERVAL
+        loop.call_later(self.INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        lag = now - self._expected
+        if lag < 0.0:
+            lag = 0.0
+        self.record(lag)
+        self._expected = now + self.INTERVAL
+        if not self.loop.is_closed():
+            self.loop.call_later(self.INTERVAL, self._tick)
+
+    def record(self, lag: float) -> None:
+        """One sample, in seconds."""
+        self.last = lag
+        self.count += 1
+        self.sum += lag
+        self.sumsq += lag * lag
+        if lag < self.min:
+            self.min = lag
+        if lag > self.max:
+            self.max = lag
+        samples = self.samples
+        if len(samples) < self.KEEP:
+            samples.append(lag)
+        else:
+            i = random.randrange(self.count)
+            if i < self.KEEP:
+                samples[i] = lag
+
+    def take(self) -> dict[str, float]:
+        """min, max, mean, stddev, p50, p90, p99 (seconds) since the last take; all 0 if none."""
+        n = self.count
+        if not n:
+            return dict.fromkeys(("min", "max", "mean", "stddev", "p50", "p90", "p99"), 0.0)
+        mean = self.sum / n
+        var = max(0.0, self.sumsq / n - mean * mean)
+        ordered = sorted(self.samples)
+
+        def pct(p: float) -> float:  # nearest rank
+            return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
+
+        out = {"min": self.min, "max": self.max, "mean": mean, "stddev": math.sqrt(var),
+               "p50": pct(50), "p90": pct(90), "p99": pct(99)}
+        self._reset()
+        return out
+
+
 class Metrics:
     def __init__(self) -> None:
         # CHP's families (reference section 6)
@@ -192,6 +282,7 @@ class Metrics:
         # connections and requests cut by a timeout, by kind (TIMEOUT_KINDS; a kind not
         # listed there still counts, printed after them)
         self.timeouts: defaultdict[str, int] = defaultdict(int, dict.fromkeys(TIMEOUT_KINDS, 0))
+        self.loop_lag = LoopLag()  # sampling starts with the metrics listener
         # request latency histogram: per status class, non-cumulative bucket counts
         # (last slot = +Inf) and the sum of observed seconds
         n = len(LATENCY_BUCKETS) + 1

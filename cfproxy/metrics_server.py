@@ -15,9 +15,11 @@ text is written here, byte-compatible with prom-client's output for CHP's famili
 print 0 from the start, labelled ones only HELP/TYPE until a label value exists, numbers
 in JavaScript's shortest form (`0.00001`, not `1e-05`).
 
-Order: prom-client's default `process_*` families (from /proc; the `nodejs_*` ones have no
-Python meaning and are absent), then CHP's families in CHP's registration order, then
-cfproxy's own (`cfproxy_*`, Prometheus-style names with `_total` on counters).
+Order: prom-client's default `process_*` families (from /proc), its
+`nodejs_eventloop_lag_*` gauges (cfproxy's event loop, see metrics.LoopLag; the other
+`nodejs_*` families have no Python meaning and are absent), then CHP's families in CHP's
+registration order, then cfproxy's own (`cfproxy_*`, Prometheus-style names with `_total`
+on counters).
 
 The connection handling (h11, keep-alive, timeouts, backpressure) is
 cfproxy/http/small_server.py, shared with the redirect listener.
@@ -77,10 +79,14 @@ def _gauge(name: str, help_text: str, value: float | None) -> str:
     return _family(name, help_text, "gauge", samples)
 
 
-def _labelled_counter(name: str, help_text: str, label: str, values: dict) -> str:
+def _labelled(name: str, help_text: str, kind: str, label: str, values: dict) -> str:
     samples = [f'{name}{{{label}="{_label_value(k)}"}} {format_value(v)}\n'
                for k, v in list(values.items())]
-    return _family(name, help_text, "counter", samples)
+    return _family(name, help_text, kind, samples)
+
+
+def _labelled_counter(name: str, help_text: str, label: str, values: dict) -> str:
+    return _labelled(name, help_text, "counter", label, values)
 
 
 def _summary(name: str, help_text: str, summary: Summary) -> str:
@@ -179,6 +185,58 @@ def _process_families() -> list[str]:
     return fams
 
 
+# --- nodejs_eventloop_lag_* (prom-client's names, cfproxy's loop) ----------------------
+
+_LAG_FAMILIES = (  # (suffix, key of LoopLag.take(), prom-client's HELP)
+    ("min", "min", "The minimum recorded event loop delay."),
+    ("max", "max", "The maximum recorded event loop delay."),
+    ("mean", "mean", "The mean of the recorded event loop delays."),
+    ("stddev", "stddev", "The standard deviation of the recorded event loop delays."),
+    ("p50", "p50", "The 50th percentile of the recorded event loop delays."),
+    ("p90", "p90", "The 90th percentile of the recorded event loop delays."),
+    ("p99", "p99", "The 99th percentile of the recorded event loop delays."),
+)
+
+
+def _loop_lag_families(lag: Any) -> list[str]:
+    """prom-client's eventLoopLag families, from the samples since the previous scrape."""
+    stats = lag.take()
+    fams = [_gauge("nodejs_eventloop_lag_seconds", "Lag of event loop in seconds.", lag.last)]
+    fams += [_gauge(f"nodejs_eventloop_lag_{suffix}_seconds", help_text, stats[key])
+             for suffix, key, help_text in _LAG_FAMILIES]
+    return fams
+
+
+# --- upstream pools by target ---------------------------------------------------------
+
+POOL_TARGETS_SHOWN = 10  # busiest targets with a series of their own; the rest are "other"
+
+
+def _pool_label(key: Any) -> str:
+    """A pool key (Target.pool_key: scheme, host, port, unix path) as a target label."""
+    try:
+        scheme, host, port, unix_path = key
+    except (TypeError, ValueError):
+        return str(key)
+    if unix_path is not None:
+        return f"unix:{unix_path}"
+    host = f"[{host}]" if ":" in str(host) else host
+    return f"{scheme}://{host}:{port}"
+
+
+def pooled_by_target(app: Any, shown: int = POOL_TARGETS_SHOWN) -> dict[str, int]:
+    """Idle pooled connections of the `shown` busiest targets, busiest first, then "other"
+    (every other target's, summed; always present). Read at scrape time only."""
+    idle = getattr(getattr(app, "upstreams", None), "idle", None)
+    counts: list[tuple[int, str]] = []
+    if isinstance(idle, dict):
+        counts = [(len(conns), _pool_label(key)) for key, conns in list(idle.items()) if conns]
+    counts.sort(key=lambda item: (-item[0], item[1]))
+    out = {label: n for n, label in counts[:shown]}
+    out["other"] = sum(n for n, _ in counts[shown:])
+    return out
+
+
 # --- the exposition -----------------------------------------------------------------
 
 
@@ -204,6 +262,7 @@ def render_metrics(app: Any) -> bytes:
     """The full exposition text for `app` (reference 6), as bytes."""
     m = app.metrics
     fams = _process_families()
+    fams += _loop_lag_families(m.loop_lag)
     fams += [
         # CHP's families, in CHP's registration order (lib/metrics.js)
         _counter("api_route_get", "Count of API route get requests", m.api_route_get),
@@ -225,6 +284,10 @@ def render_metrics(app: Any) -> bytes:
                len(app.tunnels)),
         _gauge("cfproxy_upstream_idle_connections",
                "Idle keep-alive connections held in the upstream pools.", _idle_upstreams(app)),
+        _labelled("cfproxy_upstream_pooled_connections",
+                  "Idle keep-alive connections held in the upstream pools, by target (the "
+                  f"{POOL_TARGETS_SHOWN} busiest; the rest summed as target=\"other\").",
+                  "gauge", "target", pooled_by_target(app)),
         _gauge("cfproxy_routes", "Routes in the routing table.",
                _len_or_none(getattr(app, "table", None))),
         _counter("cfproxy_client_received_bytes_total",
@@ -235,6 +298,9 @@ def render_metrics(app: Any) -> bytes:
             "cfproxy_request_duration_seconds",
             "Proxied web request duration, request head to end of response, by status class.",
             m.request_latency_counts, m.request_latency_sums),
+        _labelled_counter("cfproxy_timeouts_total",
+                          "Connections and requests cut by a timeout, by kind.", "kind",
+                          m.timeouts),
     ]
     return "\n".join(fams).encode()
 
@@ -256,7 +322,9 @@ class MetricsProtocol(SmallHTTPProtocol):
 
 
 def make_metrics_protocol_factory(app: Any) -> Callable[[], asyncio.Protocol]:
-    """Zero-arg protocol factory for the metrics listener (TCP or Unix socket)."""
+    """Zero-arg protocol factory for the metrics listener (TCP or Unix socket); starts the
+    event-loop lag sampling (called on the running loop)."""
+    app.metrics.loop_lag.start(asyncio.get_running_loop())
 
     def factory() -> asyncio.Protocol:
         return MetricsProtocol(app)

@@ -557,6 +557,9 @@ class ApiProtocol(asyncio.Protocol):
     def _on_timeout(self) -> None:
         if self.task is not None:
             return
+        if not self.lingering:
+            busy = self.request_started or self.prepared is not None
+            self.app.metrics.timeouts["api_header" if busy else "api_keep_alive"] += 1
         self._close()
 
 
