@@ -35,7 +35,9 @@ from cfproxy.config import (
     DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
     DEFAULT_MAX_HEAD_SIZE,
     DEFAULT_PORT,
+    DEFAULT_REQUEST_TIMEOUT_MS,
     DEFAULT_SHUTDOWN_TIMEOUT_MS,
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS,
     LOG_LEVELS,
     Config,
     fast_paths_from_env,
@@ -174,6 +176,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("--shutdown-timeout <n>", "shutdown_timeout", "value",
            "On SIGTERM/SIGINT, time (in millis) in-flight requests get to finish "
            f"(default: {DEFAULT_SHUTDOWN_TIMEOUT_MS})"),
+    Option("--request-timeout <n>", "request_timeout", "value",
+           "Time (in millis) a client has to send a whole request (head and body) before it "
+           f"gets 408 and is closed; 0 disables (default: {DEFAULT_REQUEST_TIMEOUT_MS})"),
+    Option("--upstream-idle-timeout <n>", "upstream_idle_timeout", "value",
+           "Time (in millis) an idle keep-alive connection to a target is kept for reuse; "
+           f"0 keeps it until the target closes it (default: {DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS})"),
+    Option("--max-upstream-connections <n>", "max_upstream_connections", "value",
+           "Most connections to one target per proxy process; further requests wait in a "
+           "short queue, 503 when it is full; 0 = no limit (default: 0)"),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -471,7 +482,8 @@ def parse_args(argv: Sequence[str], env: dict | None = None) -> Parsed:
         kw["keep_alive_timeout"] = n or DEFAULT_KEEP_ALIVE_TIMEOUT_MS
     if "max_head_size" in raw:
         kw["max_head_size"] = _strict_int("max_head_size", raw["max_head_size"], minimum=1024)
-    for dest in ("header_timeout", "shutdown_timeout"):
+    for dest in ("header_timeout", "shutdown_timeout", "request_timeout",
+                 "upstream_idle_timeout", "max_upstream_connections"):
         if dest in raw:
             kw[dest] = _strict_int(dest, raw[dest])
 

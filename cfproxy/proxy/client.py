@@ -50,15 +50,18 @@ from cfproxy.http.parser import (
     parse_request_head,
     parse_response_head,
 )
+from cfproxy.http.status import date_header, status_line
 from cfproxy.http.urlpath import MalformedPath, forward_path, routing_path
 from cfproxy.log import debug_enabled, log
 from cfproxy.proxy.flow import (
     CONNECTING,
+    OWN_WRITES,
     PEER_BUSY,
     QUEUED,
     Deadline,
     ReadGate,
     TimerWheel,
+    WriteFlow,
     timer_wheel,
 )
 from cfproxy.proxy.headers import (
@@ -69,7 +72,6 @@ from cfproxy.proxy.headers import (
     BODY_NONE,
     BODY_RECHUNK,
     HeaderRewriter,
-    date_header,
     host_routing_name,
 )
 from cfproxy.proxy.upstream import MAX_IDLE_PER_KEY, Dechunker, UpstreamPools, describe_error
@@ -80,7 +82,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 QUEUE_LIMIT = 64 * 1024  # pipelined bytes buffered before reading stops
 RESPONSE_HEAD_MAX = 64 * 1024
 LA_SAMPLE = 16  # last_activity_updating: one timed update per this many (see _timed_activity)
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+REPLAY_MAX = 64 * 1024  # request bytes kept to resend once on a stale pooled connection
 
 # connection states
 IDLE = 0  # between requests / reading a head
@@ -115,6 +117,7 @@ class ProxyContext:
         self.keep_alive_timeout = c.keep_alive_timeout / 1000.0
         self.keep_alive_s = max(1, c.keep_alive_timeout // 1000)
         self.header_timeout = c.header_timeout / 1000.0
+        self.request_timeout = c.request_timeout / 1000.0
         self.debug = debug_enabled()
         self.fast_paths = c.fast_paths
         self.connections = app.connections
@@ -166,6 +169,12 @@ class ClientProtocol(asyncio.Protocol):
         self.resp_keep = False  # client connection may stay open after this response
         self.up_reusable = False
         self.sent_upstream = b""  # the head sent, for the one retry on a stale pooled conn
+        self.replay: list[bytes] | None = None  # body bytes sent so far (<= REPLAY_MAX)
+        self.replay_ok = True  # the whole request sent so far can be sent again
+        self.replay_room = REPLAY_MAX
+        self.rdeadline: Deadline | None = None  # --request-timeout (requests with a body)
+        self.waiting = False  # queued for a connection (--max-upstream-connections)
+        self.flow: WriteFlow | None = None
         self.retried = False
         self.t_start = 0.0  # perf_counter at the request head (latency histogram)
         self.error_task: asyncio.Task | None = None
@@ -182,6 +191,7 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         self.transport = transport
         self.gate = ReadGate(transport)
+        self.flow = WriteFlow(self.gate, self._drained)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0]).encode("latin-1")
@@ -205,6 +215,11 @@ class ClientProtocol(asyncio.Protocol):
             self.deadline.cancel()
         if self.pdeadline is not None:
             self.pdeadline.cancel()
+        if self.rdeadline is not None:
+            self.rdeadline.cancel()
+        if self.waiting:
+            self.waiting = False
+            self.ctx.pools.unwait(self.route.target.pool_key, self)
         up = self.up
         if up is not None:  # client went away mid-exchange: the upstream request dies too
             self.up = None
@@ -219,16 +234,25 @@ class ClientProtocol(asyncio.Protocol):
         self.buf = b""
 
     def eof_received(self) -> bool:
-        # the client will send nothing more; finish the current response, then close
+        # the client will send nothing more
         self.keep_alive = False
-        if self.state == IDLE or (self.state == ACTIVE and not self.req_done):
+        state = self.state
+        if state == IDLE or (state == ACTIVE and not self.req_done):
+            return False
+        if (state == ACTIVE or state == UPGRADING) and not self.resp_status:
+            # It went away while its request waits for the target: abort the upstream
+            # request at once (nginx's default), so an abandoned request leaks nothing.
+            self._abort_exchange()
             return False
         # A TLS transport cannot stay half-open: it closes whatever we answer, and True
         # only makes the loop warn on stderr (`self.tls` was read once at connection_made).
         return not self.tls
 
-    def pause_writing(self) -> None:  # the client reads slower than the target sends
+    def pause_writing(self) -> None:  # the client reads slower than we write to it
+        # Rule 3: the target's bytes wait (its reading stops); rule 10: so do the
+        # client's further requests (our own answers would queue without limit).
         self.paused_by_client = True
+        self.flow.pause_writing()
         up = self.up
         if up is not None:
             up.gate.hold(PEER_BUSY)
@@ -238,6 +262,12 @@ class ClientProtocol(asyncio.Protocol):
         up = self.up
         if up is not None:
             up.gate.release(PEER_BUSY)
+        self.flow.resume_writing()
+
+    def _drained(self) -> None:
+        """The client read its answers: go on with the requests it pipelined meanwhile."""
+        if self.state == IDLE and self.buf:
+            self._parse(self.buf)
 
     def close_when_idle(self) -> None:
         """Graceful shutdown: close now if no request is in flight, else after it."""
@@ -282,7 +312,7 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         self.parsing = True
         try:
-            while self.state == IDLE and self.buf:
+            while self.state == IDLE and self.buf and not self.gate.held & OWN_WRITES:
                 buf = self.buf
                 try:
                     parsed = parse_request_head(buf, ctx.max_head)
@@ -336,6 +366,18 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.req_chunks = None
             self.req_done = True
+        if not self.req_done:
+            self.replay = []
+            self.replay_room = REPLAY_MAX
+            self.replay_ok = True
+            if ctx.request_timeout:
+                if self.rdeadline is None:
+                    self.rdeadline = Deadline(self.deadline.loop, self._on_request_timeout,
+                                              self.deadline.wheel)
+                self.rdeadline.set(ctx.request_timeout)
+        else:
+            self.replay = None
+            self.replay_ok = True
         if ctx.timeout and req.upgrade is None:
             self.dkind = T_ACTIVITY
             self.deadline.set(ctx.timeout)
@@ -387,9 +429,9 @@ class ClientProtocol(asyncio.Protocol):
         else:
             try:
                 lookup = routing_path(raw_target)
-            except MalformedPath as e:
+            except MalformedPath as e:  # Q26: a client error (CHP: 500)
                 ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
-                self._proxy_error(500, f"URIError: {e}")
+                self._proxy_error(400, f"URIError: {e}")
                 self._after_head()
                 return
             if ctx.host_routing:
@@ -431,7 +473,8 @@ class ClientProtocol(asyncio.Protocol):
         self.sent_upstream = head
         if self.pdeadline is not None:
             self.pdeadline.set(ctx.proxy_timeout)
-        up = ctx.pools.acquire_key(route.pool_key)
+        pools = ctx.pools
+        up = pools.acquire_key(route.pool_key)
         if up is not None:
             self.up = up  # _bind, inlined (hot path)
             up.owner = self
@@ -442,9 +485,37 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.pending = [head]
             self.gate.hold(CONNECTING)
-            self.connecting = ctx.pools.connect(route.target, self._connected)
+            if pools.cap and not pools.may_open(route.pool_key):
+                # --max-upstream-connections: wait for one in a short queue, else 503
+                if pools.wait(route.pool_key, self):
+                    self.waiting = True
+                else:
+                    self._upstream_failed(None, "Error: too many requests waiting for the target")
+            else:
+                self.connecting = pools.connect(route.target, self._connected)
         if self.buf:
             self._after_head()
+
+    def handoff(self, up) -> bool:
+        """A connection for this waiting request (--max-upstream-connections)."""
+        if not self.waiting:
+            return False
+        self.waiting = False
+        self._bind(up)
+        pending = self.pending
+        self.pending = None
+        if pending:
+            up.transport.writelines(pending)
+        self.gate.release(CONNECTING)
+        return True
+
+    def may_connect(self) -> bool:
+        """Room for a new connection for this waiting request (--max-upstream-connections)."""
+        if not self.waiting:
+            return False
+        self.waiting = False
+        self.connecting = self.ctx.pools.connect(self.route.target, self._connected)
+        return True
 
     def _forward_path(self, raw_target: bytes, route) -> bytes:
         ctx = self.ctx
@@ -498,6 +569,8 @@ class ClientProtocol(asyncio.Protocol):
                 self._to_upstream(data[:n])
             rest = data[n:]
         self.req_done = True
+        if self.rdeadline is not None:
+            self.rdeadline.expires = 0.0  # Deadline.clear(), inlined
         if self.state == UPGRADING:
             # the body of an upgrade request ended: what follows waits for the 101
             if rest:
@@ -513,6 +586,14 @@ class ClientProtocol(asyncio.Protocol):
         up = self.up
         if up is not None:
             up.transport.write(data)
+            replay = self.replay
+            if replay is not None:  # kept for one resend on a stale pooled connection
+                if self.replay_room >= len(data):
+                    replay.append(data)
+                    self.replay_room -= len(data)
+                else:
+                    self.replay = None
+                    self.replay_ok = False
             if self.pdeadline is not None:
                 self.pdeadline.set(self.ctx.proxy_timeout)
         elif self.pending is not None:
@@ -571,6 +652,10 @@ class ClientProtocol(asyncio.Protocol):
                 up.abort()
             else:
                 up.close()
+            self.gate.release(PEER_BUSY)
+        if self.waiting:
+            self.waiting = False
+            self.ctx.pools.unwait(self.route.target.pool_key, self)
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -782,17 +867,23 @@ class ClientProtocol(asyncio.Protocol):
         if up is not self.up:
             return
         self.up = None
+        self.gate.release(PEER_BUSY)  # its write buffer is gone with it
         if self.state == UPGRADING:
             self._upgrade_failed(exc)
             return
         if not self.resp_status:
-            # before any response head: retry a stale pooled connection once, else 503
-            req = self.req
-            if (up.reused and not self.retried and not self.resp_buf and self.req_done
-                    and self.req_chunks is None and not req.content_length
-                    and req.method in IDEMPOTENT):
+            # Before any response byte, on a connection taken from the pool: the target
+            # closed it as we sent (the keep-alive race). Send the request once more on a
+            # fresh connection when all of it that was sent is still at hand (a body up
+            # to REPLAY_MAX), as nginx and Node's agents do; otherwise 503.
+            if (up.reused and not self.retried and not self.resp_buf and self.replay_ok
+                    and (exc is None or isinstance(exc, (ConnectionResetError, BrokenPipeError)))):
                 self.retried = True
-                self.pending = [self.sent_upstream]
+                pending = [self.sent_upstream]
+                if self.replay:
+                    pending += self.replay
+                self.replay = None
+                self.pending = pending
                 self.gate.hold(CONNECTING)
                 self.connecting = self.ctx.pools.connect(self.route.target, self._connected)
                 return
@@ -861,14 +952,21 @@ class ClientProtocol(asyncio.Protocol):
         up = self.up
         if up is not None:
             self.up = None
+            if self.gate.held & PEER_BUSY:
+                self.gate.release(PEER_BUSY)  # (never resumed by a detached upstream)
             if self.up_reusable and self.req_done:
                 # pools.release, inlined for a live connection whose pool has room
                 pools = ctx.pools
                 lst = pools.idle.get(up.key)
                 if (lst is not None and len(lst) < MAX_IDLE_PER_KEY and up.alive
-                        and not up.gate.held and not pools.closed):
+                        and not up.gate.held and not pools.closed and not pools.cap):
                     up.owner = None
                     lst.append(up)
+                    idle = up.idle  # pools.pooled, inlined: its idle timer
+                    if idle is not None:
+                        idle.set(pools.idle_timeout)
+                    elif pools.idle_timeout:
+                        pools.pooled(up)
                 else:
                     pools.release(up)
             else:
@@ -983,6 +1081,24 @@ class ClientProtocol(asyncio.Protocol):
             self.ctx.metrics.timeouts["activity"] += 1
             self._abort_exchange()
 
+    def _on_request_timeout(self) -> None:
+        """--request-timeout: the request did not arrive in full; 408 and close, and the
+        target connection too (Node's requestTimeout, which CHP inherits)."""
+        state = self.state
+        if self.req_done or (state != ACTIVE and state != UPGRADING) or self.transport is None:
+            return
+        self._drop_upstream(abort=True)
+        if self.error_task is not None:
+            self.error_task.cancel()
+            self.error_task = None
+        if self.resp_done:
+            self._close()  # answered already (early); the rest of the body is not awaited
+        elif self.resp_status:
+            self._abort_exchange()  # a response is under way: cut it
+        else:
+            self.ctx.metrics.requests_proxy[408] += 1
+            self._reject(408, "Request Timeout: the request took too long")
+
     # ================================================================ upgrades (4.5)
     def _start_upgrade(self, req) -> None:
         """Route and forward a request with `Connection: upgrade` (any method, any protocol).
@@ -1008,8 +1124,8 @@ class ClientProtocol(asyncio.Protocol):
             self.gate.hold(QUEUED)
         try:
             key = routing_path(req.target)
-        except MalformedPath as e:
-            self._ws_error(500, f"URIError: {e}")
+        except MalformedPath as e:  # Q26: a client error (CHP: 500)
+            self._ws_error(400, f"URIError: {e}")
             return
         if ctx.host_routing:
             key = "/" + host_routing_name(req.host) + key
@@ -1065,7 +1181,7 @@ class ClientProtocol(asyncio.Protocol):
         metrics.observe_request(time.perf_counter() - self.t_start, code)
         req = self.req
         log.error("%s %s %s %s", code, req.method.decode("latin-1"), log_path(req.target), message)
-        data = b"HTTP/1.%d %d\r\nContent-Length: 0\r\n\r\n" % (req.version % 10, code)
+        data = status_line(code) + b"Content-Length: 0\r\n\r\n"  # Q24: with its reason
         metrics.bytes_out += len(data)
         self.transport.write(data)
         self._close()
