@@ -87,7 +87,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--ssl-key <keyfile>", "ssl_key", "value", "SSL key to use, if any"),
     Option("--ssl-cert <certfile>", "ssl_cert", "value", "SSL certificate to use, if any"),
     Option("--ssl-ca <ca-file>", "ssl_ca", "value", "SSL certificate authority, if any"),
-    Option("--ssl-request-cert", "ssl_request_cert", "flag", "Request SSL certs to authenticate clients"),
+    Option("--ssl-request-cert", "ssl_request_cert", "flag",
+           "Request SSL certs to authenticate clients; a client without a valid certificate "
+           "is then refused, as in CHP (fails closed)"),
     Option("--ssl-reject-unauthorized", "ssl_reject_unauthorized", "flag",
            "Reject unauthorized SSL connections (only meaningful if --ssl-request-cert is given)"),
     Option("--ssl-protocol <ssl-protocol>", "ssl_protocol", "value",
@@ -109,7 +111,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--api-ssl-ca <ca-file>", "api_ssl_ca", "value",
            "SSL certificate authority, if any, for API requests"),
     Option("--api-ssl-request-cert", "api_ssl_request_cert", "flag",
-           "Request SSL certs to authenticate clients for API requests"),
+           "Request SSL certs to authenticate clients for API requests; a client without a "
+           "valid certificate is then refused, as in CHP (fails closed)"),
     Option("--api-ssl-reject-unauthorized", "api_ssl_reject_unauthorized", "flag",
            "Reject unauthorized SSL connections (only meaningful if --api-ssl-request-cert is given)"),
     Option("--client-ssl-key <keyfile>", "client_ssl_key", "value",
