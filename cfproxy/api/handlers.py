@@ -50,6 +50,7 @@ from cfproxy.http.urlpath import (
 from cfproxy.log import log
 from cfproxy.routing.target import InvalidTarget, parse_target
 from cfproxy.store.base import StoreUnavailable
+from cfproxy.workers import api as workers_api
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -248,6 +249,8 @@ class Prepared:
         self.log_path = log_path
 
     async def run(self, body: bytes) -> ApiResponse:
+        if self.method == "GET":
+            await workers_api.before_read(self.app)  # --workers N: activity up to now
         try:
             return await self.handler(self.app, self.path, self.query, body)
         except StoreUnavailable as e:  # the store said why: pass it on (routing goes on)
