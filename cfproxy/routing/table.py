@@ -95,17 +95,24 @@ class RouteTable:
         return join_path(segments)
 
     # --- writes ------------------------------------------------------------
-    def add(self, prefix: str, data: dict, last_activity: float | None = None) -> Route:
+    def add(self, prefix: str, data: dict, last_activity: float | None = None,
+            target: Target | None = None) -> Route:
         """Store (or replace) the route at `prefix`; parse data["target"] first.
 
         Raises cfproxy.routing.target.InvalidTarget (nothing stored) when the
-        target cannot be parsed. `last_activity` defaults to now.
+        target cannot be parsed. `last_activity` defaults to now. `target`, when
+        given, is data["target"] already parsed (StoreSync parses it before the
+        store write).
         """
-        target = parse_target(data.get("target"))  # type: ignore[arg-type]
-        key = self.match_key(prefix)
-        canonical = canonical_prefix(prefix)
-        if canonical == key:
-            canonical = key  # one string for both (100k routes: 5.7 MB less)
+        if target is None:
+            target = parse_target(data.get("target"))  # type: ignore[arg-type]
+        segments = split_path(prefix)
+        canonical = join_path(segments)
+        key = canonical  # one string for both unless the host is lower-cased (100k: 5.7 MB less)
+        if self.host_routing and segments:
+            host = segments[0].lower()
+            if host != segments[0]:
+                key = join_path([host, *segments[1:]])
         route = Route(
             canonical,
             data,
