@@ -6,6 +6,8 @@ a core with the load generator and must never be what is measured.
 
 HTTP (keep-alive, HTTP/1.1):
   GET /1m   -> 1 MiB body          GET /64m -> 64 MiB body
+  GET /shape/<name>[?..] -> the 13-byte body under one of the response heads of
+                            benchmarks/shapes.py (tornado's, nginx's, chunked, ...)
   anything else -> 13-byte "Hello, world\\n"
   any request body (Content-Length or chunked) is read and discarded, so
   POST uploads of any size work.
@@ -28,6 +30,8 @@ import hashlib
 import resource
 import struct
 import sys
+
+from benchmarks.shapes import shape_response
 
 SMALL = b"Hello, world\n"
 MIB = 1024 * 1024
@@ -98,6 +102,9 @@ class HTTPBackend(asyncio.Protocol):
             self.close_after = b"onnection: close" in head or b"onnection: Close" in head
             if path == b"/1m" or path == b"/64m":
                 self.pending = _big(path)
+            elif path.startswith(b"/shape/") and not self.close_after:
+                q = path.find(b"?")
+                self.pending = shape_response(path[7:q if q > 0 else len(path)]) or RESP_SMALL
             else:
                 self.pending = RESP_SMALL_CLOSE if self.close_after else RESP_SMALL
             if not head.startswith(b"GET "):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from benchmarks import procs
 from benchmarks.httpc import HTTPClient
+from benchmarks.shapes import user_name
 
 TOKEN = "bench-secret"
 REPO = Path(__file__).resolve().parent.parent
@@ -56,29 +57,35 @@ def _nofile() -> int:
 
 
 class Backends:
-    """The upstream servers: HTTP (python or nginx) and the WebSocket echo server."""
+    """The upstream servers: HTTP (nginx or python), the response-shape server, WebSocket echo.
+
+    The python backend always runs: it serves the WebSocket echo and the response
+    shapes (`/shape/<name>`, heads no stock nginx can send, e.g. without
+    `Connection: keep-alive`). With kind "python" it is the HTTP backend too.
+    """
 
     def __init__(self, kind: str, tmp: str) -> None:
         self.kind = kind
         self.tmp = tmp
         self.http_port = 0
+        self.shape_port = 0
         self.ws_port = 0
         self._procs: list[subprocess.Popen] = []
 
     def start(self) -> None:
         self.ws_port = procs.free_port()
+        self.shape_port = procs.free_port()
         if self.kind == "nginx":
             self.http_port = procs.free_port()
             self._procs.append(start_nginx_backend(self.tmp, self.http_port))
-            py_http = -1
         else:
-            self.http_port = procs.free_port()
-            py_http = self.http_port
+            self.http_port = self.shape_port
         proc = procs.spawn([sys.executable, "-m", "benchmarks.backend", "--http-port",
-                            str(py_http), "--ws-port", str(self.ws_port)],
+                            str(self.shape_port), "--ws-port", str(self.ws_port)],
                            cwd=str(REPO), env=_env(), log_path=os.path.join(self.tmp, "backend.log"))
         self._procs.append(proc)
         procs.wait_port(self.ws_port, proc=proc)
+        procs.wait_port(self.shape_port, proc=proc)
         procs.wait_port(self.http_port, proc=self._procs[0])
 
     def stop(self) -> None:
@@ -93,6 +100,10 @@ class Backends:
     @property
     def ws_url(self) -> str:
         return f"http://127.0.0.1:{self.ws_port}"
+
+    @property
+    def shape_url(self) -> str:
+        return f"http://127.0.0.1:{self.shape_port}"
 
 
 _PYCACHE: list[str] = []
@@ -195,6 +206,7 @@ class Peer:
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.api_port = 0
+        self.metrics_port = 0
         self.ws_path = "/ws"
 
     @property
@@ -205,39 +217,60 @@ class Peer:
         """Why this peer cannot run here (None when it can)."""
         return None
 
+    def port_for(self, backend: str) -> int:
+        """The port taking load meant for `backend` ("http" or "shape"): the proxy's own port."""
+        return self.port
+
     def command(self, port: int, api_port: int, extra: tuple[str, ...]) -> list[str]:
         raise NotImplementedError
 
     def env(self) -> dict:
         return _env(CONFIGPROXY_AUTH_TOKEN=TOKEN)
 
-    def spawn(self, extra: tuple[str, ...] = ()) -> subprocess.Popen:
-        """Start the process without waiting (start-up timing uses this)."""
+    def spawn(self, extra: tuple[str, ...] = (), metrics: bool = False) -> subprocess.Popen:
+        """Start the process without waiting (start-up timing uses this).
+
+        metrics=True also opens the metrics port (`--metrics-port`) on a free port.
+        """
         self.port = procs.free_port()
         self.api_port = procs.free_port()
+        if metrics:
+            self.metrics_port = procs.free_port()
+            extra = (*extra, "--metrics-ip", "127.0.0.1", "--metrics-port", str(self.metrics_port))
         self.proc = procs.spawn([*procs.proxy_prefix(), *self.command(self.port, self.api_port, extra)],
                                 env=self.env(), cwd=str(REPO),
                                 log_path=os.path.join(self.tmp, "proxy.log"))
         return self.proc
 
-    def start(self, extra: tuple[str, ...] = ()) -> None:
-        self.spawn(extra)
+    def start(self, extra: tuple[str, ...] = (), users: int = 0, metrics: bool = False) -> None:
+        """Start, wait until listening, add the /ws and /shape routes (+ `users` users' routes)."""
+        self.spawn(extra, metrics=metrics)
         try:
             procs.wait_port(self.port, proc=self.proc)
             if self.has_api:
                 procs.wait_port(self.api_port, proc=self.proc)
-            self.after_start()
+            if metrics:
+                procs.wait_port(self.metrics_port, proc=self.proc)
+            self.after_start(users)
         except Exception as e:
             self.stop()
             raise RuntimeError(f"{self.name} did not start: {e}; log: {self.log_tail()}") from None
 
-    def after_start(self) -> None:
-        if self.has_api:
-            with HTTPClient(self.api_port, token=TOKEN) as c:
-                status, body = c.request(
-                    "POST", "/api/routes/ws", b'{"target": "%s"}' % self.backends.ws_url.encode())
+    def after_start(self, users: int = 0) -> None:
+        if not self.has_api:
+            return
+        b = self.backends
+        routes = [("/ws", b.ws_url), ("/shape", b.shape_url)]
+        # the browser-shaped scenario's users, each with a route as JupyterHub adds them
+        routes += [(f"/user/{user_name(i)}", b.http_url) for i in range(users)]
+        with HTTPClient(self.api_port, token=TOKEN) as c:
+            for path, target in routes:
+                body = b'{"target": "%s"}' % target.encode()
+                if path.startswith("/user/"):  # JupyterHub's route data
+                    body = body[:-1] + b', "user": "%s", "server_name": ""}' % path[6:].encode()
+                status, resp = c.request("POST", "/api/routes" + path, body)
                 if status != 201:
-                    raise RuntimeError(f"POST /api/routes/ws -> {status} {body[:100]!r}")
+                    raise RuntimeError(f"POST /api/routes{path} -> {status} {resp[:100]!r}")
 
     def stop(self) -> None:
         procs.stop(self.proc)
@@ -260,6 +293,7 @@ class Peer:
 class CFProxy(Peer):
     name = "cfproxy"
     has_api = True
+    workers = 1  # `python -m benchmarks --workers N`: CPU is measured over the process tree
 
     def unavailable(self) -> str | None:
         if not (REPO / "cfproxy" / "__main__.py").exists():
@@ -279,7 +313,8 @@ class CFProxy(Peer):
     def command(self, port: int, api_port: int, extra: tuple[str, ...]) -> list[str]:
         return [sys.executable, "-m", "cfproxy", "--ip", "127.0.0.1", "--port", str(port),
                 "--api-ip", "127.0.0.1", "--api-port", str(api_port),
-                "--default-target", self.backends.http_url, *extra]
+                "--default-target", self.backends.http_url,
+                *(("--workers", str(self.workers)) if self.workers > 1 else ()), *extra]
 
 
 class CHP(Peer):
@@ -310,6 +345,8 @@ class Nginx(Peer):
         return _nginx_common(self.tmp) + f"""
     upstream backend {{ server 127.0.0.1:{b.http_port}; keepalive 256; keepalive_requests 10000000; }}
     upstream wsbackend {{ server 127.0.0.1:{b.ws_port}; }}
+    upstream shapebackend {{ server 127.0.0.1:{b.shape_port}; keepalive 256;
+                             keepalive_requests 10000000; }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         proxy_http_version 1.1;
@@ -327,6 +364,11 @@ class Nginx(Peer):
             proxy_busy_buffers_size 128k;
             proxy_max_temp_file_size 0;
         }}
+        location /shape/ {{
+            proxy_pass http://shapebackend;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }}
         location /ws {{
             proxy_pass http://wsbackend;
             proxy_set_header Upgrade $http_upgrade;
@@ -338,7 +380,7 @@ class Nginx(Peer):
 }}
 """
 
-    def spawn(self, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    def spawn(self, extra: tuple[str, ...] = (), metrics: bool = False) -> subprocess.Popen:
         self.port = procs.free_port()
         path = os.path.join(self.tmp, "nginx.conf")
         os.chmod(self.tmp, 0o755)
@@ -359,12 +401,15 @@ class Direct(Peer):
 
     name = "direct"
 
-    def spawn(self, extra: tuple[str, ...] = ()) -> subprocess.Popen | None:
+    def spawn(self, extra: tuple[str, ...] = (), metrics: bool = False) -> subprocess.Popen | None:
         self.port = self.backends.http_port
         return None
 
-    def start(self, extra: tuple[str, ...] = ()) -> None:
+    def start(self, extra: tuple[str, ...] = (), users: int = 0, metrics: bool = False) -> None:
         self.port = self.backends.http_port
+
+    def port_for(self, backend: str) -> int:
+        return self.backends.shape_port if backend == "shape" else self.port
 
     @property
     def ws_port(self) -> int:

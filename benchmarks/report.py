@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 
-from benchmarks.scenarios import BY_ID, SCENARIOS, Metric, Scenario
+from benchmarks.scenarios import BY_ID, ISSUE10_TARGETS, SCENARIOS, Metric, Scenario
 
 
 class Results:
@@ -55,7 +55,55 @@ class Results:
                            "target_met": self.target_met(sc, m)})
             out["scenarios"].append({"id": sc.id, "title": sc.title, "params": sc.params,
                                      "metrics": ms, "errors": self.errors.get(sc.id, {})})
+        out["targets"] = self.targets_rows()
         return out
+
+    def targets_rows(self) -> list[dict]:
+        """Issue 10's targets with what cfproxy measured in this run (ratios to the peers)."""
+        rows = []
+        for what, cells in ISSUE10_TARGETS:
+            cells = [(sid, key) for sid, key in cells if sid in self.ran]
+            if not cells:
+                continue
+            measured, verdicts, texts = [], [], []
+            for sid, key in cells:
+                sc = BY_ID[sid]
+                m = next(m for m in sc.metrics if m.key == key)
+                v = self.median(sid, key, "cfproxy")
+                verdicts.append(self.target_met(sc, m))
+                for t in m.targets:
+                    if t.text not in texts:
+                        texts.append(t.text)
+                if v is None:
+                    measured.append(f"{sid}: n/a")
+                    continue
+                parts = []
+                for t in m.targets:
+                    ref = self.median(sid, key, t.ref) if t.ref else None
+                    if t.ref and ref:
+                        parts.append(f"{v / ref:.2f}× {t.ref}")
+                    elif not t.ref:
+                        unit = m.unit if m.unit == "×" else " " + m.unit
+                        parts.append(f"{_fmt(v, m.digits or 1)}{unit}")
+                label = ("" if len(cells) == 1 else sid.removeprefix("shape-")
+                         if len({c[0] for c in cells}) > 1 else key.removesuffix("_mib"))
+                measured.append((f"{label} " if label else "") + ", ".join(parts))
+            met = (False if any(x is False for x in verdicts)
+                   else True if all(x is True for x in verdicts) else None)
+            rows.append({"target": f"{what}: {' and '.join(texts)}", "measured": measured,
+                         "met": met})
+        return rows
+
+    def targets_markdown(self) -> str:
+        rows = self.targets_rows()
+        if not rows:
+            return ""
+        lines = ["Targets (issue 10; cfproxy, this run):", "",
+                 "| target | measured | met |", "|---|---|---|"]
+        for r in rows:
+            mark = "✅" if r["met"] else "❌" if r["met"] is False else "?"
+            lines.append(f"| {r['target']} | {'; '.join(r['measured'])} | {mark} |")
+        return "\n".join(lines)
 
     def write_json(self, path: str) -> None:
         with open(path, "w") as f:
@@ -115,6 +163,9 @@ class Results:
                 row.append(f"{tgt} {'✅' if met else '❌' if met is False else '?'}" if tgt else "")
                 lines.append("| " + " | ".join(row) + " |")
         out = ["\n".join(lines)]
+        targets = self.targets_markdown()
+        if targets:
+            out.append("\n" + targets)
         errs = [(s, p, e) for s, d in self.errors.items() for p, e in d.items()]
         if errs:
             out.append("\nErrors:\n" + "\n".join(f"- {s} / {p}: {e}" for s, p, e in errs))

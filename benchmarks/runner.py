@@ -25,20 +25,23 @@ from benchmarks.peers import (
     PEER_CLASSES,
     REPO,
     Backends,
+    CFProxy,
     Peer,
     find_chp,
     find_nginx,
     make_tmp,
 )
 from benchmarks.report import Results
+from benchmarks.shapes import USERS
 from benchmarks.wrkload import wrk_path
 
 PROFILES = {
-    # rounds, seconds per measurement, start-up rounds, routes, idle conns, websockets
+    # rounds, seconds per measurement, start-up rounds, routes, idle conns, websockets,
+    # seconds a pipelining client may write per port
     "quick": {"rounds": 2, "duration": 1.0, "startup_rounds": 3, "routes": 10_000,
-              "idle_conns": 10_000, "websockets": 1_000},
+              "idle_conns": 10_000, "websockets": 1_000, "pipeline_s": 3.0},
     "full": {"rounds": 3, "duration": 4.0, "startup_rounds": 5, "routes": 100_000,
-             "idle_conns": 10_000, "websockets": 1_000},
+             "idle_conns": 10_000, "websockets": 1_000, "pipeline_s": 10.0},
 }
 
 
@@ -58,8 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--routes", type=int, help="routes in the routes scenario")
     p.add_argument("--idle-conns", type=int, help="idle keep-alive connections in the rss scenario")
     p.add_argument("--websockets", type=int, help="open WebSockets in the rss scenario")
-    p.add_argument("--backend", choices=("python", "nginx"), default="python",
-                   help="HTTP backend (default python: see README for why)")
+    p.add_argument("--backend", choices=("nginx", "python"), default="nginx",
+                   help="HTTP backend (default nginx, whose heads are a real server's; python: "
+                        "the lean backend, see README)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run cfproxy with --workers N (CPU figures cover the primary and every "
+                        "worker: compare req/CPU-s against a run without it)")
     p.add_argument("--json", metavar="FILE", help="write all results (every round) as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw the ratios to CHP (needs matplotlib)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, configs)")
@@ -69,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(a, k) is not None:
             prof[k] = getattr(a, k)
     a.profile = prof
+    if a.workers < 1:
+        p.error("--workers: must be at least 1")
     a.peer_list = [x.strip() for x in a.peers.split(",") if x.strip()]
     bad = [x for x in a.peer_list if x not in PEER_CLASSES]
     if bad:
@@ -140,7 +149,10 @@ class Run:
 
     # --- helpers ----------------------------------------------------------------------------
     def make_peer(self, name: str) -> Peer:
-        return PEER_CLASSES[name](self.backends, self.tmp)
+        peer = PEER_CLASSES[name](self.backends, self.tmp)
+        if isinstance(peer, CFProxy):
+            peer.workers = self.args.workers
+        return peer
 
     def attempt(self, sc: str, peer: str, fn: Callable[[], dict]) -> None:
         try:
@@ -156,7 +168,8 @@ class Run:
         for sc in self.args.selected:
             k = len(self.peers_for(sc))
             n += {"http": r * k, "ws": r * k, "rss": 2 * k, "routes": k + 2 * r * k,
-                  "startup": self.prof["startup_rounds"] * k, "state": 4 + 2 * r}[sc.group]
+                  "startup": self.prof["startup_rounds"] * k, "pipeline": 3 * k,
+                  "state": 4 + 2 * r}[sc.group]
         return n
 
     # --- the run ----------------------------------------------------------------------------
@@ -190,6 +203,10 @@ class Run:
             else:
                 self.peers.append(name)
         self.results.peers = self.peers
+        if self.args.backend == "nginx" and not find_nginx():
+            self.args.backend = self.backends.kind = "python"
+            self.results.notes.append("nginx not found: the lean python backend serves HTTP "
+                                      "(scripts/install-bench-tools.sh)")
         if not wrk_path():
             self.results.notes.append("wrk not found: HTTP and routes-throughput scenarios skipped "
                                       "(scripts/install-bench-tools.sh)")
@@ -200,6 +217,7 @@ class Run:
         res = self.results
         res.meta = {"profile": "quick" if a.quick else "full", **self.prof, "backend": a.backend,
                     "cpus": os.cpu_count(), "pinning": procs.pinning_enabled(),
+                    "cfproxy_workers": a.workers,
                     "python": sys.version.split()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         busy = other_cpu_load()
         res.meta["other_cpu_load_pct"] = busy
@@ -221,6 +239,8 @@ class Run:
                 self.run_routes(sc)
         for sc in groups["startup"]:
             self.run_startup(sc)
+        for sc in groups["pipeline"]:
+            self.run_pipeline(sc)
         for sc in groups["state"]:
             state.run(self, sc)
         self.progress.finish()
@@ -234,7 +254,7 @@ class Run:
             for name in names:
                 peer = self.make_peer(name)
                 try:
-                    peer.start()
+                    peer.start(users=USERS)  # the browser-shaped scenario's users' routes
                     live[name] = peer
                 except Exception as e:
                     failed[name] = str(e)
@@ -244,34 +264,68 @@ class Run:
                         scenarios.run_wrk(peer.port, conns=10, duration=1, tmp=self.tmp)
                     except Exception:
                         pass
-            for sc in scs:
-                self.results.ran.append(sc.id)
-                order = self.peers_for(sc)
-                for r in range(self.prof["rounds"]):
-                    k = r % len(order) if order else 0
-                    for name in order[k:] + order[:k]:
-                        self.progress.step(f"{sc.id} · {name} · round {r + 1}/{self.prof['rounds']}")
-                        if name in failed:
-                            self.results.error(sc.id, name, failed[name])
-                            continue
-                        peer = live[name]
-                        if not peer.alive():
-                            self.results.error(sc.id, name, f"{name} died: {peer.log_tail(300)}")
-                            try:
-                                peer.start()
-                            except Exception as e:
-                                failed[name] = f"died and did not restart: {e}"
-                            continue
-                        if sc.group == "http":
-                            self.attempt(sc.id, name, lambda sc=sc, peer=peer:
-                                         scenarios.measure_http(sc, peer, self.prof["duration"],
-                                                                self.tmp))
-                        else:
-                            self.attempt(sc.id, name, lambda sc=sc, peer=peer:
-                                         scenarios.measure_ws(sc, peer, self.prof["duration"]))
+            for block in interleaved_blocks(scs):
+                self.results.ran.extend(sc.id for sc in block)
+                for r, sc, name in self.block_order(block):
+                    self.progress.step(f"{sc.id} · {name} · round {r + 1}/{self.prof['rounds']}")
+                    if name in failed:
+                        self.results.error(sc.id, name, failed[name])
+                        continue
+                    peer = live[name]
+                    if not peer.alive():
+                        self.results.error(sc.id, name, f"{name} died: {peer.log_tail(300)}")
+                        try:
+                            peer.start(users=USERS)
+                        except Exception as e:
+                            failed[name] = f"died and did not restart: {e}"
+                        continue
+                    if sc.group == "http":
+                        self.attempt(sc.id, name, lambda sc=sc, peer=peer:
+                                     scenarios.measure_http(sc, peer, self.prof["duration"],
+                                                            self.tmp))
+                    else:
+                        self.attempt(sc.id, name, lambda sc=sc, peer=peer:
+                                     scenarios.measure_ws(sc, peer, self.prof["duration"]))
         finally:
             for peer in live.values():
                 peer.stop()
+        self.add_shape_ratios()
+
+    def block_order(self, block: list[scenarios.Scenario]):
+        """(round, scenario, peer) in run order: rounds outermost, so the scenarios of a block
+        (the response shapes) are measured a few seconds apart and their ratios hold on a
+        busy host; the first peer rotates from round to round."""
+        for r in range(self.prof["rounds"]):
+            for sc in block:
+                order = self.peers_for(sc)
+                k = r % len(order) if order else 0
+                for name in order[k:] + order[:k]:
+                    yield r, sc, name
+
+    def add_shape_ratios(self) -> None:
+        """Each peer's requests/s per response shape ÷ its best shape's (medians)."""
+        ran = [sid for sid in scenarios.SHAPE_IDS if sid in self.results.ran]
+        for name in self.peers:
+            rates = {sid: self.results.median(sid, "req_per_s", name) for sid in ran}
+            best = max((v for v in rates.values() if v), default=None)
+            for sid, v in rates.items():
+                if v and best:
+                    self.results.add(sid, name, {"vs_best": v / best})
+
+    def run_pipeline(self, sc: scenarios.Scenario) -> None:
+        """Fresh peer per port kind (freed memory is rarely given back): pipelining RSS growth."""
+        self.results.ran.append(sc.id)
+        for name in self.peers_for(sc):
+            for kind in ("public", "api", "metrics"):
+                self.progress.step(f"{sc.id} · {name} · {kind} port")
+                peer = self.make_peer(name)
+                try:
+                    self.attempt(sc.id, name, lambda peer=peer, kind=kind: (
+                        peer.start(metrics=True),
+                        scenarios.measure_pipeline(peer, kind, sc.params["max_mb"],
+                                                   self.prof["pipeline_s"]))[1])
+                finally:
+                    peer.stop()
 
     def run_rss(self, sc: scenarios.Scenario) -> None:
         self.results.ran.append(sc.id)
@@ -347,6 +401,18 @@ class Run:
             sys.stderr.write(f"temp dir kept: {self.tmp}\n")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def interleaved_blocks(scs: list[scenarios.Scenario]) -> list[list[scenarios.Scenario]]:
+    """Consecutive scenarios sharing params["interleave"] form one block; others stand alone."""
+    blocks: list[list[scenarios.Scenario]] = []
+    for sc in scs:
+        key = sc.params.get("interleave")
+        if key and blocks and blocks[-1][0].params.get("interleave") == key:
+            blocks[-1].append(sc)
+        else:
+            blocks.append([sc])
+    return blocks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,15 @@ Owns the scenario catalogue and the code that measures one peer once. It does
 not decide order, rounds or output (runner.py, report.py do).
 
 Groups:
-  http     wrk against a long-running peer (started once, shared by the scenarios)
+  http     wrk against a long-running peer (started once, shared by the scenarios, with
+           1,000 users' routes): plain and browser-shaped request heads, and one
+           scenario per response shape (benchmarks/shapes.py), interleaved round by round
   ws       benchmarks.wsload against the same long-running peer
   rss      a fresh peer: idle RSS, + 10,000 idle keep-alive connections, + 1,000 WebSockets
   routes   fresh cfproxy / CHP with N routes: API adds/s, GET /api/routes, RSS,
            throughput over random routes vs one route
   startup  a fresh peer, spawn -> first proxied 200
+  pipeline a fresh peer per port: a client pipelining requests without reading, RSS growth
   state    the SQLite store: adds/s, restart with N routes, SQLite vs memory (benchmarks/state.py)
 """
 
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from benchmarks import procs
 from benchmarks.httpc import HTTPClient, open_idle_keepalive
 from benchmarks.peers import REPO, TOKEN, Peer
+from benchmarks.pipeline import REQUESTS, pipeline_without_reading
+from benchmarks.shapes import SHAPES
 from benchmarks.wrkload import run_wrk
 
 MIB = 1 << 20
@@ -37,7 +42,7 @@ class Target:
     """cfproxy's goal for a metric: value <op> factor x (the reference peer's value)."""
 
     ref: str | None  # "chp", "nginx", or None: compare with `factor` itself
-    op: str  # ">=" or "<="
+    op: str  # ">=", "<=" or "<"
     factor: float
     text: str
 
@@ -46,7 +51,9 @@ class Target:
         if base is None or value is None:
             return None
         bound = self.factor * base
-        return value >= bound if self.op == ">=" else value <= bound
+        if self.op == ">=":
+            return value >= bound
+        return value < bound if self.op == "<" else value <= bound
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,11 @@ def _t(ref: str | None, op: str, factor: float, text: str) -> Target:
 
 
 T_GET = (_t("chp", ">=", 8, "≥ 8× CHP"), _t("nginx", ">=", 0.7, "≥ 0.7× nginx"))
+# issue 10's targets (proxy pinned to one core, nginx as the HTTP backend)
+T_GET_100 = (_t("chp", ">=", 9, "≥ 9× CHP"), _t("nginx", ">=", 0.85, "≥ 0.85× nginx"))
+T_BROWSER = (_t("chp", ">=", 8, "≥ 8× CHP"), _t("nginx", ">=", 0.7, "≥ 0.7× nginx"))
+T_SHAPE = (_t(None, ">=", 0.85, "≥ 0.85× best shape"),)
+T_PIPELINE = (_t(None, "<", 20, "< 20 MiB"),)
 T_P99 = (_t("chp", "<=", 0.2, "≤ 1/5 CHP"),)
 T_BODY = (_t("nginx", ">=", 0.8, "≥ 0.8× nginx"),)
 T_WS = (_t("nginx", ">=", 1.0, "≥ nginx"),)
@@ -91,17 +103,44 @@ def _per_core(key: str, unit: str) -> Metric:
 PER_CORE_REQ = _per_core("req_per_cpu_s", "req/CPU-s")
 
 
-def _get_metrics(conns: int) -> list[Metric]:
-    return [Metric("req_per_s", "requests/s", "req/s", True, 0, T_GET),
+def _get_metrics(targets: tuple[Target, ...] = T_GET, p99: tuple[Target, ...] = T_P99
+                 ) -> list[Metric]:
+    return [Metric("req_per_s", "requests/s", "req/s", True, 0, targets),
             Metric("p50_ms", "p50 latency", "ms", False, 2),
-            Metric("p99_ms", "p99 latency", "ms", False, 2, T_P99), CPU, PER_CORE_REQ]
+            Metric("p99_ms", "p99 latency", "ms", False, 2, p99), CPU, PER_CORE_REQ]
+
+
+def _shape_scenario(name: str) -> Scenario:
+    """Small GETs, 100 conns, plain request heads, answered with response shape `name`."""
+    return Scenario(
+        f"shape-{name}", f"response shape {name}: {SHAPES[name][0]}", "http",
+        [Metric("req_per_s", "requests/s", "req/s", True, 0),
+         Metric("p99_ms", "p99 latency", "ms", False, 2), CPU, PER_CORE_REQ,
+         # the peer's req/s here ÷ its best shape's (medians; computed after all rounds)
+         Metric("vs_best", "÷ best shape (requests/s)", "×", True, 2, T_SHAPE)],
+        {"mode": "get", "path": f"/shape/{name}", "conns": 100, "backend": "shape",
+         "interleave": "shapes"})
+
+
+def _pipeline_metrics() -> list[Metric]:
+    out = []
+    for kind, label in (("public", "public port (/_chp_healthz)"),
+                        ("api", "API port (GET /api/routes, no token)"),
+                        ("metrics", "metrics port (GET /metrics)")):
+        out += [Metric(f"{kind}_mib", f"RSS growth, {label}", "MiB", False, 1, T_PIPELINE),
+                Metric(f"{kind}_sent_mb", f"requests written, {label}", "MB", True, 0)]
+    return out
 
 
 SCENARIOS: list[Scenario] = [
-    Scenario("small-get-10", "small GET, keep-alive, 10 conns", "http", _get_metrics(10),
+    Scenario("small-get-10", "small GET, keep-alive, 10 conns", "http", _get_metrics(),
              {"mode": "get", "path": "/", "conns": 10}),
-    Scenario("small-get-100", "small GET, keep-alive, 100 conns", "http", _get_metrics(100),
-             {"mode": "get", "path": "/", "conns": 100}),
+    Scenario("small-get-100", "small GET, keep-alive, 100 conns, plain heads", "http",
+             _get_metrics(T_GET_100), {"mode": "get", "path": "/", "conns": 100}),
+    Scenario("browser-100", "small GET, keep-alive, 100 conns, browser-shaped heads (cookie, "
+             "1,000 users' paths)", "http", _get_metrics(T_BROWSER, ()),
+             {"mode": "browser", "path": "/", "conns": 100}),
+    *(_shape_scenario(name) for name in SHAPES),
     Scenario("new-conn", "new connection per request, 10 conns", "http",
              [Metric("req_per_s", "requests/s", "req/s", True, 0,
                      (_t("chp", ">=", 4, "≥ 4× CHP"),)),
@@ -121,10 +160,10 @@ SCENARIOS: list[Scenario] = [
               Metric("p99_ms", "p99 latency", "ms", False, 3), CPU],
              {"mode": "echo", "conns": 1}),
     Scenario("ws-echo-50", "WebSocket echo, 50 conns, 32 B", "ws",
-             [Metric("ops_per_s", "round trips/s", "echo/s", True, 0, T_WS),
+             [Metric("ops_per_s", "round trips/s", "echo/s", True, 0),
               Metric("p50_ms", "p50 latency", "ms", False, 2),
               Metric("p99_ms", "p99 latency", "ms", False, 2), CPU,
-              _per_core("ops_per_cpu_s", "echo/CPU-s")],
+              Metric("ops_per_cpu_s", "per proxy CPU-second", "echo/CPU-s", True, 0, T_WS)],
              {"mode": "echo", "conns": 50}),
     Scenario("ws-bulk", "WebSocket bulk echo, 1 conn, 64 KiB frames", "ws",
              [Metric("mb_per_s", "throughput", "MB/s", True, 0, T_WS), CPU],
@@ -153,12 +192,28 @@ SCENARIOS: list[Scenario] = [
              [Metric("startup_ms", "spawn → first proxied 200", "ms", False, 0,
                      (_t("chp", "<=", 0.5, "≤ 1/2 CHP"),))],
              {}, ("cfproxy", "chp", "nginx")),
+    Scenario("pipeline", "a client pipelining requests without reading (fresh process per port)",
+             "pipeline", _pipeline_metrics(), {"max_mb": 100}, ("cfproxy", "chp")),
 ]
 from benchmarks import state as _state  # noqa: E402 - the state group (SQLite store)
 
 SCENARIOS.append(_state.scenario())
 BY_ID = {s.id: s for s in SCENARIOS}
-GROUPS = ("http", "ws", "rss", "routes", "startup", "state")
+GROUPS = ("http", "ws", "rss", "routes", "startup", "pipeline", "state")
+SHAPE_IDS = [f"shape-{name}" for name in SHAPES]
+
+# Issue 10's targets, in its order: (what, [(scenario, metric), ...]); the report prints
+# them as one table with what this run measured.
+ISSUE10_TARGETS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("small GET keep-alive, 100 conns, plain heads", [("small-get-100", "req_per_s")]),
+    ("small GET keep-alive, 100 conns, browser-shaped heads", [("browser-100", "req_per_s")]),
+    ("each response shape (Content-Length / chunked, ± Connection: keep-alive, Set-Cookie)",
+     [(sid, "vs_best") for sid in SHAPE_IDS]),
+    ("new connection per request", [("new-conn", "req_per_s")]),
+    ("WebSocket echo, 50 conns, echoes per proxy CPU-second", [("ws-echo-50", "ops_per_cpu_s")]),
+    ("a client pipelining 100 MB of requests without reading (public, API, metrics ports)",
+     [("pipeline", f"{k}_mib") for k in ("public", "api", "metrics")]),
+]
 
 
 # --- measuring one peer once --------------------------------------------------------------
@@ -182,9 +237,10 @@ def _with_cpu(peer: Peer, fn: Callable[[], dict]) -> dict:
 def measure_http(sc: Scenario, peer: Peer, duration: float, tmp: str) -> dict:
     p = sc.params
     dur = max(duration, p.get("min_duration", 0))
+    port = peer.port_for(p.get("backend", "http"))
 
     def go() -> dict:
-        r = run_wrk(peer.port, path=p["path"], mode=p["mode"], conns=p["conns"], duration=dur,
+        r = run_wrk(port, path=p["path"], mode=p["mode"], conns=p["conns"], duration=dur,
                     body_size=p.get("body_size", 0), tmp=tmp)
         if r["requests"] == 0 or r["errors"] > max(10, r["requests"] // 100):
             raise RuntimeError(f"{r['errors']} errors in {r['requests']} requests {r['error_detail']}")
@@ -344,3 +400,13 @@ def measure_startup(peer: Peer, timeout: float = 20.0) -> float:
 
 def wait_ready(peer: Peer) -> None:
     procs.wait_port(peer.port, proc=peer.proc)
+
+
+def measure_pipeline(peer: Peer, kind: str, max_mb: float, seconds: float) -> dict:
+    """Fresh peer (metrics port open): pipeline requests to one port without reading."""
+    port = {"public": peer.port, "api": peer.api_port, "metrics": peer.metrics_port}[kind]
+    r = pipeline_without_reading(port, REQUESTS[kind], peer.rss_kib,
+                                 max_bytes=int(max_mb * 1_000_000), seconds=seconds)
+    if not peer.alive():
+        raise RuntimeError(f"{peer.name} died during the {kind}-port pipeline: {peer.log_tail(300)}")
+    return {f"{kind}_mib": r["growth_mib"], f"{kind}_sent_mb": r["sent_mb"]}

@@ -24,11 +24,14 @@ from cfproxy.tls import build_tls
 
 class App:
     def __init__(self, config: Config, table: Any = None, store: Any = None) -> None:
+        from cfproxy.http import fastpath
         from cfproxy.routing.table import RouteTable
         from cfproxy.store import load_store
         from cfproxy.store.sync import StoreSync
 
         self.config = config
+        if config.fast_paths != fastpath.ENABLED:
+            fastpath.set_enabled(config.fast_paths)  # the one switch (process-wide)
         self.metrics = Metrics()
         self.table = table if table is not None else RouteTable(host_routing=config.host_routing)
         self.store = store if store is not None else load_store(config, self.table)

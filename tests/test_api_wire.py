@@ -56,7 +56,7 @@ def test_non_object_or_missing_string_target_is_400_must_specify_target(api, bod
 
 
 @pytest.mark.parametrize("target, words", [
-    ("ftp://127.0.0.1/x", ["ftp:"]), ("not a url", ["(none)"]), ("javascript:alert(1)", ["javascript:"]),
+    ("ftp://127.0.0.1/x", ["ftp:"]), ("not a url", ["whitespace"]), ("nourl", ["(none)"]), ("javascript:alert(1)", ["javascript:"]),
     ("", ["non-empty"]), ("ws://127.0.0.1:1", ["ws:"]), ("http://", ["no host"]),
     ("http://127.0.0.1:99999", ["99999"]), ("http+unix://", ["socket path"]),
 ])

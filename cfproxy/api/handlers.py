@@ -9,8 +9,11 @@ Owns everything the API decides, sans I/O (api/server.py owns the sockets):
 Dispatch order (reference 2.2 with quirk Q2 fixed):
 1. pathname of the request-target, WHATWG style (dot segments, "\\" -> "/");
 2. `^/api/routes(/.*)?$` on the pathname, else 404 `Not Found`;
-3. method not GET/POST/DELETE -> 405 `Method not supported` (before auth, as CHP);
+3. method not GET/POST/DELETE -> 405 `Method not supported` with `Allow: GET, POST, DELETE`
+   (before auth, as CHP, which sends no Allow);
 4. decodeURIComponent of the captured path; malformed -> 400 `Invalid URL escape` (Q3 fix);
+   "."/".." segments that decoding produced ("%2F..%2F") are resolved as step 1 resolves
+   raw ones, as the proxy's lookups do (CHP stores "/a/../b", a route no URL reaches);
 5. authentication (`token\\s+(\\S+)`, constant-time compare) -> 403, *before* the body is read;
 6. the handler, with the (bounded) body; a bad body with a valid token is 400.
 
@@ -38,26 +41,34 @@ from cfproxy.api.render import (  # noqa: F401 - iso_ms, route_fragment: the API
     render_table_list,
     route_fragment,
 )
-from cfproxy.http.urlpath import MalformedPath, decode_uri_component, pathname_and_query
+from cfproxy.http.urlpath import (
+    MalformedPath,
+    decode_uri_component,
+    pathname_and_query,
+    resolve_dot_segments,
+)
 from cfproxy.log import log
 from cfproxy.routing.target import InvalidTarget, parse_target
 from cfproxy.store.base import StoreUnavailable
+from cfproxy.workers import api as workers_api
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
 
 class ApiResponse:
-    """A response to send: status, body, content type, and the text for the access line."""
+    """A response to send: status, body, content type, the text for the access line, and
+    any further header lines (`extra_headers`: complete `name: value\r\n` lines)."""
 
-    __slots__ = ("status", "body", "content_type", "log_msg")
+    __slots__ = ("status", "body", "content_type", "log_msg", "extra_headers")
 
     def __init__(self, status: int, body: bytes = b"", content_type: str | None = None,
-                 log_msg: str = "") -> None:
+                 log_msg: str = "", extra_headers: bytes = b"") -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.log_msg = log_msg
+        self.extra_headers = extra_headers
 
     def __repr__(self) -> str:
         return f"<ApiResponse {self.status} {self.body[:60]!r}>"
@@ -69,6 +80,9 @@ def fail(status: int, msg: str) -> ApiResponse:
 
 
 NOT_FOUND = ApiResponse(404, b"Not Found", TEXT, "")  # CHP logs no message for this 404
+# CHP's 405 text, with the `Allow` RFC 9110 15.5.6 requires (CHP sends none)
+METHOD_NOT_ALLOWED = ApiResponse(405, b"Method not supported", TEXT, "Method not supported",
+                                 b"allow: GET, POST, DELETE\r\n")
 EMPTY_404 = ApiResponse(404)
 FORBIDDEN = ApiResponse(403)
 
@@ -235,6 +249,8 @@ class Prepared:
         self.log_path = log_path
 
     async def run(self, body: bytes) -> ApiResponse:
+        if self.method == "GET":
+            await workers_api.before_read(self.app)  # --workers N: activity up to now
         try:
             return await self.handler(self.app, self.path, self.query, body)
         except StoreUnavailable as e:  # the store said why: pass it on (routing goes on)
@@ -338,10 +354,10 @@ def preflight(app: Any, method: str, target: str, authorization: bytes | None,
         return NOT_FOUND
     handler = HANDLERS.get(method)
     if handler is None:
-        return fail(405, "Method not supported")
+        return METHOD_NOT_ALLOWED
     if raw_path is not None:
         try:
-            raw_path = decode_uri_component(raw_path)
+            raw_path = resolve_dot_segments(decode_uri_component(raw_path))
         except InvalidEscape:
             return fail(400, "Invalid URL escape")
     if not token_ok(app.config.auth_token, authorization):
