@@ -122,8 +122,7 @@ def listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol] 
         except ImportError as e:
             log.error("Metrics server unavailable (%s); --metrics-* ignored", e)
             return None
-        # with --workers N: the figures merged over every process
-        return make_metrics_protocol_factory(getattr(app, "metrics_view", None) or app)
+        return make_metrics_protocol_factory(app)
     if kind == "redirect":
         try:
             from cfproxy.proxy.redirect import make_redirect_protocol_factory

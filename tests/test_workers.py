@@ -238,6 +238,10 @@ def test_metrics_are_summed_over_workers_and_never_go_down_when_one_is_replaced(
     assert sample(text, "api_route_add") == 1  # the primary's own counters are in too
     assert sample(text, 'cfproxy_worker_up{worker="0"}') == 1
     assert sample(text, 'cfproxy_worker_up{worker="1"}') == 1
+    # gauges come from the workers: their pooled upstream connections, their loops' lag
+    assert sample(text, f'cfproxy_upstream_pooled_connections{{target="{backend.url}"}}') >= 1
+    assert sample(text, "cfproxy_upstream_idle_connections") >= 1
+    assert sample(text, "nodejs_eventloop_lag_seconds") is not None
     cpu_before = sample(text, "process_cpu_seconds_total")
 
     victim = worker_pids(workers)[0]

@@ -32,6 +32,7 @@ primary is gone: exit at once with status 1, no orphan keeps accepting.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import signal
 import socket
@@ -58,6 +59,14 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
         return libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def pooled_counts(app: Any) -> dict:
+    """Idle pooled upstream connections by pool key (for the by-target gauge)."""
+    idle = getattr(app.upstreams, "idle", None)
+    if not isinstance(idle, dict):
+        return {}
+    return {key: len(conns) for key, conns in list(idle.items()) if conns}
 
 
 def moved_activity(table: Any, since: float) -> list[tuple[str, float]]:
@@ -159,9 +168,14 @@ class Worker:
                 idle = int(fn())
             except Exception:  # noqa: BLE001 - a report must not fail because of a pool
                 idle = 0
-        gauges = {"connections": len(app.connections), "tunnels": len(app.tunnels),
-                  "idle_upstreams": idle}
-        self.send(("report", activity, app.metrics, gauges))
+        gauges: dict[str, Any] = {"connections": len(app.connections), "tunnels": len(app.tunnels),
+                                  "idle_upstreams": idle, "pooled": pooled_counts(app)}
+        metrics = copy.copy(app.metrics)  # shallow: the registry's own objects, pickled as they are
+        lag = metrics.loop_lag
+        metrics.loop_lag = None  # a gauge of this process, not a sum: sent as its figures
+        if lag is not None and lag.loop is not None:
+            gauges["loop_lag"] = {"last": lag.last, **lag.take()}
+        self.send(("report", activity, metrics, gauges))
 
     async def _report_loop(self) -> None:
         while True:
@@ -179,6 +193,8 @@ class Worker:
         loop.add_signal_handler(signal.SIGTERM, self.on_signal)
         loop.add_signal_handler(signal.SIGINT, self.on_signal)
         loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        if self.config.metrics_enabled:
+            self.app.metrics.loop_lag.start(loop)  # nodejs_eventloop_lag_*: the workers' loops
         self.channel = await open_channel(self.channel_sock, self.on_message, self.on_closed)
         self.send(("ready", self.seq))
         gone = asyncio.ensure_future(self.primary_gone.wait())
