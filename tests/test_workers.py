@@ -577,3 +577,16 @@ def test_a_worker_killed_under_load_leaves_the_connections_of_the_others_alone(w
     m = re.search(r"Worker \d \(pid \d+\) serving, (\d+) ms after its start",
                   workers.wait_for_output("ms after its start", timeout=5))
     assert int(m.group(1)) < 3000
+
+
+def test_a_worker_that_keeps_dying_young_is_restarted_with_a_growing_back_off(workers):
+    seen = set(worker_pids(workers))
+    for _ in range(3):
+        current = worker_pids(workers)
+        new = [pid for pid in current if pid not in seen] or current[:1]
+        seen.update(current)
+        os.kill(new[0], signal.SIGKILL)  # dies within 2 s of its start (except the first)
+        assert wait_until(lambda: len(set(children(workers.pid)) - seen) == 1, timeout=5)
+    out = workers.output()
+    assert "starting a new one in 0.1 s" in out and "starting a new one in 0.2 s" in out, out
+    assert get(workers.port, "/nothing")[0] == 404  # still serving

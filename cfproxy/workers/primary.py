@@ -14,7 +14,9 @@ Workers are spawned with subprocess (fork + immediate exec of a fresh interprete
 workers start, the primary may run threads (the SQLite store's writer) and hold store
 connections (Redis), and a forked copy would inherit locks held by threads that do
 not exist in it and sockets it must not use. `pass_fds` hands over exactly the channel
-and the listening sockets.
+and the listening sockets. Workers are spawned from the event-loop (main) thread: the
+kernel's parent-death signal (worker.py) fires when the *thread* that started a child
+ends, so spawning from a short-lived helper thread would kill workers with it.
 
 Supervision (`Supervisor`):
 - a worker is `starting` (gets the table and every later write, not waited for by the
