@@ -296,7 +296,7 @@ def addr_text(port: Any, ip: Any) -> str:
 async def serve(app: Any, startup_warnings: Sequence[str] = ()) -> int:
     """Start every listener of `app`, serve until SIGINT/SIGTERM, drain, return the exit code."""
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(log_uncaught_exception)
+    loop.set_exception_handler(_uncaught_exception)
     # installed first, so a signal during start-up still ends in a clean shutdown
     stopping = _install_signal_handlers(app)
     listeners = Listeners()
@@ -534,7 +534,7 @@ def _call(obj: Any, method: str) -> None:
         log.debug("%s.%s() failed during shutdown: %s", type(obj).__name__, method, e)
 
 
-def log_uncaught_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+def _uncaught_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
     """CHP's process-wide handler: log and keep running."""
     exc = context.get("exception")
     msg = str(exc) if exc is not None else context.get("message", "unknown error")

@@ -79,6 +79,7 @@ class Worker:
                  listen_fds: list[int], seq: int, routes: list) -> None:
         from cfproxy.app import App
         from cfproxy.routing.table import RouteTable
+        from cfproxy.server import Stopping
         from cfproxy.store.memory import MemoryStore
 
         self.index = index
@@ -94,8 +95,6 @@ class Worker:
         self.app = App(config, table=table, store=MemoryStore(table))
         self.seq = seq
         self.channel: ChannelProtocol | None = None
-        from cfproxy.server import Stopping
-
         self.stopping = Stopping()
         self.go = asyncio.Event()
         self.primary_gone = asyncio.Event()
@@ -184,10 +183,10 @@ class Worker:
 
     # --- the life of a worker ---------------------------------------------------------------
     async def run(self) -> int:
-        from cfproxy.server import Listeners, drain, listener_factory, log_uncaught_exception
+        from cfproxy.server import Listeners, _uncaught_exception, drain, listener_factory
 
         loop = asyncio.get_running_loop()
-        loop.set_exception_handler(log_uncaught_exception)  # CHP's: log and keep serving
+        loop.set_exception_handler(_uncaught_exception)  # CHP's: log and keep serving
         # A signal from a terminal or from systemd reaches every process of the group, the
         # primary's "drain" follows: only a second *signal* (or "now") cuts the drain short.
         loop.add_signal_handler(signal.SIGTERM, self.on_signal)
