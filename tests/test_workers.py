@@ -523,7 +523,7 @@ def test_workers_route_what_a_sqlite_store_holds_across_a_restart(proxy, backend
     again = proxy("--workers", "2", "--storage-backend", store)
     worker_pids(again)
     la = iso_to_ts(call(again.api_port, "GET", "/api/routes/q3").json()["last_activity"])
-    assert seen - 0.03 < la <= seen
+    assert seen - 0.03 < la <= seen + 0.005  # the worker writes it just after the answer
     for i in range(10):
         status, body = get(again.port, f"/q{i}/y")
         assert status == 200 and f'"/q{i}/y"'.encode() in body

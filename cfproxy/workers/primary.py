@@ -111,11 +111,18 @@ def describe_status(status: int) -> str:
 
 
 def _child_env() -> dict[str, str]:
-    """The environment of a worker: ours, with this cfproxy's package directory first on
-    PYTHONPATH so the worker runs the same code as the primary."""
+    """The environment of a worker: ours. When this cfproxy was not imported from a
+    site-packages directory (a source tree on a path set at run time), that tree goes first
+    on PYTHONPATH so the worker runs the same code as the primary. A site-packages directory
+    is never put there: ahead of the standard library it could shadow it (old backports)."""
+    import site
+
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cfproxy.__file__)))
-    old = env.get("PYTHONPATH")
+    root = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(cfproxy.__file__))))
+    site_dirs = {os.path.realpath(d) for d in (*site.getsitepackages(), site.getusersitepackages())}
+    old = env.get("PYTHONPATH", "")
+    if root in site_dirs or root in {os.path.realpath(p) for p in old.split(os.pathsep) if p}:
+        return env
     env["PYTHONPATH"] = root if not old else root + os.pathsep + old
     return env
 
