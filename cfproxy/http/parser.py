@@ -430,8 +430,9 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
         return hit, consumed
     fields = fastpath.request_fields(raw)
     if fields is not None:
-        method, target, host = fields
-        head = RequestHead(method, target, 11, None, None, False, True, None, host, False, None, raw)
+        method, target, host, connection = fields
+        head = RequestHead(method, target, 11, None, None, False, True, None, host, False,
+                           connection, raw)
         if len(raw) <= REQUEST_HEAD_MEMO_MAX:
             REQUEST_HEADS.put(raw, head)
         return head, consumed

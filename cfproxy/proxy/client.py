@@ -43,7 +43,13 @@ import asyncio
 import time
 
 from cfproxy.http.errors import ErrorPages, response_bytes
-from cfproxy.http.fastpath import CRLF, ROUTE_CACHE_SIZE, BoundedCache, response_shape
+from cfproxy.http.fastpath import (
+    CRLF,
+    ROUTE_CACHE_SIZE,
+    BoundedCache,
+    chunked_body_complete,
+    response_shape,
+)
 from cfproxy.http.parser import (
     ChunkedReader,
     HTTPError,
@@ -672,9 +678,12 @@ class ClientProtocol(asyncio.Protocol):
             self._response_body(data)
             return
         req = self.req
-        if (not self.resp_buf and self.state == ACTIVE and req.connection is None
+        conn = req.connection
+        if (not self.resp_buf and self.state == ACTIVE
+                and (conn is None or conn == b"keep-alive")
                 and req.version == 11 and req.method != b"HEAD"):
-            # The dominant exchange: an HTTP/1.1 client without a Connection field and a
+            # The dominant exchange: an HTTP/1.1 client without a Connection field (or
+            # with `keep-alive`, which the general code would echo as our tail does) and a
             # response head fastpath.response_shape decides (2xx, Content-Length or
             # chunked, no Connection or keep-alive; memoised per head), relayed without
             # building a ResponseHead. Anything else takes the general code below.
@@ -700,7 +709,7 @@ class ClientProtocol(asyncio.Protocol):
                         metrics.requests_proxy[status] += 1
                         metrics.bytes_out += len(out)
                         self.resp_mode = BODY_LENGTH
-                        self.resp_keep = True  # HTTP/1.1 client, no Connection field
+                        self.resp_keep = True  # HTTP/1.1 client, no Connection: close
                         self.up_reusable = True  # HTTP/1.1 target, keep-alive, framed
                         self.resp_left = 0
                         self.transport.write(out)
@@ -781,6 +790,10 @@ class ClientProtocol(asyncio.Protocol):
                 self._response_done()
                 return
         elif mode == BODY_CHUNKED:
+            if rest and chunked_body_complete(rest):  # fastpath twin of ChunkedReader
+                self.transport.write(head + rest)
+                self._response_done()
+                return
             self.resp_chunks = ChunkedReader()
             if rest:
                 try:
