@@ -392,6 +392,7 @@ def test_whole_chunked_body_check_agrees_with_the_chunked_reader(chunks, upper, 
     body += b"0\r\n" + (b"T: v\r\n" if trailer else b"") + b"\r\n"
     body = body[:len(body) - cut] + extra if cut or extra else body
     fast = fastpath.chunked_body_complete(body)
+    assert fastpath.chunked_body_complete(b"HEAD" + body, 4) == fast  # from an offset
     if fast:
         assert _reader_takes_all(body)  # never claims more than the general reader
     if not ext and not trailer and not cut and not extra:

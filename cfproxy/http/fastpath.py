@@ -221,16 +221,16 @@ _chunk_size_re = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
 _LAST_CHUNK_END = b"0\r\n\r\n"
 
 
-def chunked_body_complete(data: bytes) -> bool:
-    """True when `data` is exactly one whole chunked body: chunks without extensions,
-    the last chunk, no trailers (what servers send for a small response, in one read).
-    Twin of parser.ChunkedReader: a fresh reader's `feed(data)` returns len(data) and is
-    done. False: not decided here (feed a ChunkedReader)."""
+def chunked_body_complete(data: bytes, start: int = 0) -> bool:
+    """True when `data[start:]` is exactly one whole chunked body: chunks without
+    extensions, the last chunk, no trailers (what servers send for a small response, in
+    one read). Twin of parser.ChunkedReader: a fresh reader's `feed(data[start:])` returns
+    its length and is done. False: not decided here (feed a ChunkedReader)."""
     if not ENABLED or not data.endswith(_LAST_CHUNK_END):
         return False
     match = _chunk_size_re.match
     end = len(data)
-    pos = 0
+    pos = start
     while True:
         m = match(data, pos)
         if m is None:
@@ -240,6 +240,8 @@ def chunked_body_complete(data: bytes) -> bool:
         if not size:
             return pos + 2 == end  # the CRLF that ends the (empty) trailer section
         pos += size
+        if pos + 7 == end:  # the common single chunk: its CRLF and the last chunk remain
+            return data[pos:pos + 2] == b"\r\n"
         if data[pos:pos + 2] != b"\r\n":
             return False
         pos += 2
