@@ -38,6 +38,7 @@ __all__ = [
     "decode_uri_component",
     "forward_path",
     "pathname_and_query",
+    "resolve_dot_segments",
     "routing_path",
 ]
 
@@ -236,7 +237,7 @@ def _routing_path_general(raw_target: bytes) -> str:
             pass  # not from our parser; take the general road
     pathname, _ = _whatwg(raw_target.decode("latin-1"))
     if "%" in pathname:
-        return _decode(pathname)
+        return resolve_dot_segments(_decode(pathname))
     return pathname
 
 
@@ -402,6 +403,30 @@ def pathname_and_query(target: str) -> tuple[str, str | None]:
     resolved, ``\\`` a separator, an authority dropped; escapes kept. Raises MalformedPath
     where the WHATWG parser fails (an invalid host in an absolute or network-path target)."""
     return _whatwg(target)
+
+
+def resolve_dot_segments(key: str) -> str:
+    """Resolve the "." and ".." segments a decoded key still has ("/a%2F..%2Fb" decodes to
+    "/a/../b" after the URL parser resolved the raw ones), by the same rule, so such a
+    path means the same route in the API (POST, GET, DELETE) and in proxied lookups.
+    Only literal dots count here: a decoded "%2e" is text ("%252e" was sent)."""
+    if "/." not in key:
+        return key
+    segments = key.split("/")
+    out: list[str] = []
+    last = len(segments) - 1
+    for i, seg in enumerate(segments[1:], 1):
+        if seg == "..":
+            if out:
+                out.pop()
+            if i == last:
+                out.append("")
+        elif seg == ".":
+            if i == last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
 
 
 def decode_uri_component(s: str) -> str:

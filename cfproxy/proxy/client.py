@@ -864,6 +864,7 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
     def _on_proxy_timeout(self) -> None:
         if self.state == UPGRADING or self.state != ACTIVE:
             return
+        self.ctx.metrics.timeouts["proxy"] += 1
         if self.resp_status:
             self._abort_exchange()
             return
@@ -1022,14 +1023,17 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         if self.state == CLOSED or self.transport is None:
             return
         if kind == T_KEEPALIVE and self.state == IDLE:
+            self.ctx.metrics.timeouts["keep_alive"] += 1
             self._close()
         elif kind == T_HEAD and self.state == IDLE:
+            self.ctx.metrics.timeouts["header"] += 1
             if self.buf:
                 self._reject(408, "Request Timeout: the request head took too long")
             else:
                 self._close()
         elif kind == T_ACTIVITY and self.state == ACTIVE:
             # --timeout: inactivity during a web request; no response, nothing logged (4.7)
+            self.ctx.metrics.timeouts["activity"] += 1
             self._abort_exchange()
 
     def _on_request_timeout(self) -> None:
