@@ -161,8 +161,9 @@ def test_every_timeout_kind_is_a_series_from_the_start(proxy):
 
 
 def test_each_timeout_that_fires_is_counted_by_kind(proxy, backend):
-    p = start(proxy, "--header-timeout", "300", "--proxy-timeout", "300",
-              "--keep-alive-timeout", "300", "--default-target", backend.url)
+    p = start(proxy, "--header-timeout", "300", "--proxy-timeout", "800",
+              "--keep-alive-timeout", "300", "--request-timeout", "300",
+              "--upstream-idle-timeout", "300", "--default-target", backend.url)
 
     def count(kind: str) -> float:
         return samples(p)[f'cfproxy_timeouts_total{{kind="{kind}"}}']
@@ -185,6 +186,14 @@ def test_each_timeout_that_fires_is_counted_by_kind(proxy, backend):
             data += chunk
         assert data.startswith(b"HTTP/1.1 200")
     assert wait_until(lambda: count("keep_alive") == 1)
+    # ...and the upstream connection that served it, idle in its pool: closed by us
+    assert wait_until(lambda: count("upstream_idle") >= 1)
+    # a request body that never ends: 408 after --request-timeout
+    with socket.create_connection(("127.0.0.1", p.port)) as s:
+        s.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"HTTP/1.1 408")
+    assert wait_until(lambda: count("request") == 1)
     # an API request head that never ends: dropped after --header-timeout
     with socket.create_connection(("127.0.0.1", p.api_port)) as s:
         s.sendall(b"GET /api/routes HTTP/1.1\r\n")
