@@ -39,6 +39,7 @@ from cfproxy.config import (
     DEFAULT_SHUTDOWN_TIMEOUT_MS,
     DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS,
     LOG_LEVELS,
+    MAX_WORKERS,
     Config,
     fast_paths_from_env,
 )
@@ -185,6 +186,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-upstream-connections <n>", "max_upstream_connections", "value",
            "Most connections to one target per proxy process; further requests wait in a "
            "short queue, 503 when it is full; 0 = no limit (default: 0)"),
+    Option("--workers <n>", "workers", "value",
+           "Processes accepting on the public port(s), sharing one route table; 'auto' = the "
+           "CPUs this process may use (default: 1, a single process)"),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -339,6 +343,21 @@ def _strict_int(dest: str, value: str, minimum: int = 0) -> int:
     return n
 
 
+def _workers(value: str) -> int:
+    """--workers: a whole number from 1 to MAX_WORKERS, or "auto" (the CPUs we may use)."""
+    text = value.strip()
+    if text.lower() == "auto":
+        from cfproxy.workers.cpus import usable_cpus
+
+        return usable_cpus()
+    if not re.fullmatch(r"\+?[0-9]+", text):
+        raise _invalid("workers", value, "expected a whole number of processes or 'auto'")
+    n = int(text)
+    if not 1 <= n <= MAX_WORKERS:
+        raise _invalid("workers", value, f"must be between 1 and {MAX_WORKERS}")
+    return n
+
+
 def _millis(dest: str, value: str) -> int | None:
     """--timeout / --proxy-timeout: parseInt; 0 = no timeout; not a number or negative = error."""
     n = js_parse_int(value)
@@ -486,6 +505,8 @@ def parse_args(argv: Sequence[str], env: dict | None = None) -> Parsed:
                  "upstream_idle_timeout", "max_upstream_connections"):
         if dest in raw:
             kw[dest] = _strict_int(dest, raw[dest])
+    if "workers" in raw:
+        kw["workers"] = _workers(raw["workers"])
 
     # log level (Q20 fix: an unknown level is an error, not silence)
     if "log_level" in raw:

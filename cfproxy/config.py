@@ -20,6 +20,7 @@ DEFAULT_HEADER_TIMEOUT_MS = 60_000
 DEFAULT_SHUTDOWN_TIMEOUT_MS = 10_000
 DEFAULT_REQUEST_TIMEOUT_MS = 300_000  # Node's server.requestTimeout, which CHP inherits
 DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS = 4_000  # below common servers' keep-alive (5 s and up)
+MAX_WORKERS = 1024
 API_MAX_BODY_SIZE = 1024 * 1024
 
 
@@ -120,6 +121,9 @@ class Config:
     # every fast path and memo of the data path (cfproxy/http/fastpath.py); off with the
     # environment variable CFPROXY_FAST_PATHS=0 (tests run the general code that way)
     fast_paths: bool = field(default_factory=fast_paths_from_env)
+    # --workers: processes accepting on the public port(s); 1 = one process, no workers
+    # ("auto" is resolved by the CLI to the CPUs this process may use)
+    workers: int = 1
 
     # Extra keys a library user may want to carry; not set by the CLI.
     extra: dict = field(default_factory=dict, compare=False, hash=False)

@@ -58,6 +58,32 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
+def _compress(ms: list[float], ws: list[float]) -> tuple[list[float], list[float]]:
+    """Centroids (sorted by mean, with weights) folded so one spans at most one unit of k1."""
+    cum_w = list(accumulate(ws))
+    cum_mw = list(accumulate(map(mul, ms, ws)))
+    total = cum_w[-1]
+    k_norm = _COMPRESSION / (2.0 * math.pi)
+    half_pi = math.pi / 2.0
+    means: list[float] = []
+    weights: list[float] = []
+    n = len(cum_w)
+    start = 0
+    before_w = before_mw = 0.0
+    while start < n:
+        k_hi = math.asin(2.0 * before_w / total - 1.0) + 1.0 / k_norm
+        limit = total if k_hi >= half_pi else (math.sin(k_hi) + 1.0) / 2.0 * total
+        end = bisect.bisect_right(cum_w, limit * (1.0 + 1e-12), start)
+        if end <= start:
+            end = start + 1
+        w = cum_w[end - 1] - before_w
+        means.append((cum_mw[end - 1] - before_mw) / w)
+        weights.append(w)
+        before_w, before_mw = cum_w[end - 1], cum_mw[end - 1]
+        start = end
+    return means, weights
+
+
 class Summary:
     """A lifetime quantile summary: `sum`, `count`, and `quantile(q)` from a t-digest."""
 
@@ -110,28 +136,7 @@ class Summary:
             prev = i
         ms += buf[prev:]
         ws += [1.0] * (len(buf) - prev)
-        cum_w = list(accumulate(ws))
-        cum_mw = list(accumulate(map(mul, ms, ws)))
-        total = cum_w[-1]
-        k_norm = _COMPRESSION / (2.0 * math.pi)
-        half_pi = math.pi / 2.0
-        means: list[float] = []
-        weights: list[float] = []
-        n = len(cum_w)
-        start = 0
-        before_w = before_mw = 0.0
-        while start < n:
-            k_hi = math.asin(2.0 * before_w / total - 1.0) + 1.0 / k_norm
-            limit = total if k_hi >= half_pi else (math.sin(k_hi) + 1.0) / 2.0 * total
-            end = bisect.bisect_right(cum_w, limit * (1.0 + 1e-12), start)
-            if end <= start:
-                end = start + 1
-            w = cum_w[end - 1] - before_w
-            means.append((cum_mw[end - 1] - before_mw) / w)
-            weights.append(w)
-            before_w, before_mw = cum_w[end - 1], cum_mw[end - 1]
-            start = end
-        self._means, self._weights = means, weights
+        self._means, self._weights = _compress(ms, ws)
 
     def quantile(self, q: float) -> float:
         """The q-quantile of everything observed so far; 0 when nothing was (as prom-client)."""
@@ -165,6 +170,24 @@ class Summary:
         """Centroids held (bounded memory check for tests)."""
         self._merge()
         return len(self._means)
+
+    def merge(self, other: Summary) -> None:
+        """Add everything `other` observed (t-digests merge: centroids combined, re-folded).
+
+        Used by --workers to show one summary over all processes. `other` is not changed
+        beyond folding its own buffer.
+        """
+        other._merge()
+        self._merge()
+        if not other.count:
+            return
+        self.sum += other.sum
+        self.count += other.count
+        self._min = min(self._min, other._min)
+        self._max = max(self._max, other._max)
+        pairs = sorted(zip(self._means + other._means, self._weights + other._weights, strict=True))
+        if pairs:
+            self._means, self._weights = _compress([m for m, _ in pairs], [w for _, w in pairs])
 
 
 # What `Metrics.timeouts` counts, by kind: each is bumped once where that timeout fires.

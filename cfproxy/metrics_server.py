@@ -261,7 +261,9 @@ def _idle_upstreams(app: Any) -> int:
 def render_metrics(app: Any) -> bytes:
     """The full exposition text for `app` (reference 6), as bytes."""
     m = app.metrics
-    fams = _process_families()
+    # --workers N renders a merged view (cfproxy/workers/metrics.py) with its own
+    # process figures (over every process) and per-worker families at the end
+    fams = getattr(app, "process_families", _process_families)()
     fams += _loop_lag_families(m.loop_lag)
     fams += [
         # CHP's families, in CHP's registration order (lib/metrics.js)
@@ -302,6 +304,7 @@ def render_metrics(app: Any) -> bytes:
                           "Connections and requests cut by a timeout, by kind.", "kind",
                           m.timeouts),
     ]
+    fams += getattr(app, "extra_families", list)()
     return "\n".join(fams).encode()
 
 

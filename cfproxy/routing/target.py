@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cfproxy.http import fastpath
 from cfproxy.http.fastpath import TARGET_CACHE_SIZE, BoundedCache
 
 SCHEMES = ("http", "https", "http+unix", "unix+http")
@@ -61,9 +63,46 @@ def parse_target(url: str) -> Target:
         target = _parsed.get(url)
         if target is not None:
             return target
-    target = _parse_target(url)
+    # the origin shortcut is a fast path (twin: _parse_target; tests/test_target_origin.py)
+    target = _with_known_origin(url) if fastpath.ENABLED else None
+    if target is None:
+        target = _parse_target(url)
     _parsed.put(url, target)
     return target
+
+
+_origins = BoundedCache(TARGET_CACHE_SIZE)  # "scheme://netloc" -> its Target (path and query empty)
+
+
+def _with_known_origin(url: Any) -> Target | None:
+    """The Target of `url` from its parsed origin ("scheme://netloc"), or None to parse it all.
+
+    Loading 100,000 stored routes with distinct target URLs on a few servers: urlsplit per
+    URL cost ~20 us (2 s); the origin is parsed once and the path/query split here exactly
+    as urlsplit splits them (fragment first, then query). Anything unusual (control or
+    whitespace characters, no "://") takes the full parse."""
+    if type(url) is not str:
+        return None
+    start = url.find("://")
+    if start <= 0 or _BAD_CHAR_RE.search(url) is not None:
+        return None  # the general parse rejects it with its reason
+    end = len(url)
+    for sep in "/?#":
+        i = url.find(sep, start + 3)
+        if 0 <= i < end:
+            end = i
+    origin_url = url[:end]
+    origin = _origins.get(origin_url)
+    if origin is None:
+        try:
+            origin = _parse_target(origin_url)
+        except InvalidTarget:
+            return None  # the full parse says what is wrong, naming the whole URL
+        _origins.put(origin_url, origin)
+    rest = url[end:].partition("#")[0]
+    path, _, query = rest.partition("?")
+    return Target(url, origin.scheme, origin.host, origin.port, origin.unix_path, path, query,
+                  origin.host_header)
 
 
 def _shown(url: str) -> str:
