@@ -27,6 +27,7 @@ import asyncio
 from collections.abc import Callable
 
 from cfproxy.routing.table import Route, RouteTable
+from cfproxy.routing.target import Target
 from cfproxy.workers.channel import encode
 
 DEFAULT_ACK_TIMEOUT = 2.0
@@ -41,8 +42,9 @@ class FeedTable(RouteTable):
         super().__init__(host_routing=host_routing)
         self.on_write: Callable[[tuple], None] | None = None
 
-    def add(self, prefix: str, data: dict, last_activity: float | None = None) -> Route:
-        route = super().add(prefix, data, last_activity)
+    def add(self, prefix: str, data: dict, last_activity: float | None = None,
+            target: Target | None = None) -> Route:
+        route = super().add(prefix, data, last_activity, target)
         if self.on_write is not None:
             self.on_write(("a", prefix, data, route.last_activity))
         return route
