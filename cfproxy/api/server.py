@@ -44,14 +44,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine, Generator
-from http import HTTPStatus
 from typing import Any
 
 from cfproxy.api.handlers import ApiResponse, Prepared, fail, preflight
 from cfproxy.config import API_MAX_BODY_SIZE
 from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head
+from cfproxy.http.status import date_header, status_line
 from cfproxy.log import log
 from cfproxy.proxy.flow import QUEUED, ReadGate, WriteFlow
 from cfproxy.tls import transport_is_tls
@@ -65,33 +64,6 @@ _HEAD = 0  # a request head (or nothing yet)
 _BODY_LENGTH = 1  # a Content-Length body
 _BODY_CHUNKED = 2  # a chunked body
 
-_WEEKDAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
-_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
-           b"Nov", b"Dec")
-_date_cache: list[Any] = [0, b""]
-
-
-def _http_date() -> bytes:
-    """IMF-fixdate of now (RFC 9110 5.6.7), rendered once per second."""
-    now = int(time.time())
-    if _date_cache[0] != now:
-        t = time.gmtime(now)
-        _date_cache[0] = now
-        _date_cache[1] = b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
-            _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
-            t.tm_hour, t.tm_min, t.tm_sec)
-    return _date_cache[1]
-
-
-def _status_line(status: int) -> bytes:
-    try:
-        reason = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        reason = b""
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
-
-
-_STATUS_LINES: dict[int, bytes] = {}
 _KEEP_ALIVE = b"connection: keep-alive\r\nkeep-alive: timeout=5\r\n\r\n"
 _CLOSE = b"connection: close\r\n\r\n"
 _CLIENT_CLOSE = b"keep-alive: timeout=5\r\nConnection: close\r\n\r\n"  # as h11 rewrote ours
@@ -453,11 +425,8 @@ class ApiProtocol(asyncio.Protocol):
 
     def _send(self, response: ApiResponse, close: bool) -> None:
         status = response.status
-        line = _STATUS_LINES.get(status)
-        if line is None:
-            line = _STATUS_LINES[status] = _status_line(status)
         body = response.body if self.method != "HEAD" else b""
-        head = line + b"date: " + _http_date() + b"\r\n"
+        head = status_line(status) + b"date: " + date_header()[6:]  # (h11's lower-case name)
         if response.content_type:
             head += b"content-type: " + response.content_type.encode() + b"\r\n"
         if response.extra_headers:

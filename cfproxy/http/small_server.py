@@ -26,24 +26,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import MutableMapping
-from email.utils import formatdate
-from http import HTTPStatus
 
 import h11
 
+from cfproxy.http.status import date_header, reason, status_line
 from cfproxy.log import log
 from cfproxy.proxy.flow import ReadGate, WriteFlow
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, extra headers, body
 
 MAX_HEAD = 16 * 1024
-
-
-def reason_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
 
 
 class SmallHTTPProtocol(asyncio.Protocol):
@@ -152,9 +144,9 @@ class SmallHTTPProtocol(asyncio.Protocol):
         except Exception:  # noqa: BLE001 - one bad request must not kill the connection silently
             log.exception("Error answering %s %s", request.method.decode(), request.target)
             status, headers, body = 500, [], b"Internal Server Error"
-        head = h11.Response(status_code=status, reason=reason_phrase(status), headers=[
+        head = h11.Response(status_code=status, reason=reason(status).encode(), headers=[
             *headers,
-            (b"Date", formatdate(usegmt=True).encode()),
+            (b"Date", date_header()[6:-2]),
             (b"Content-Length", str(len(body)).encode()),
         ])
         out = [self.conn.send(head)]
@@ -175,9 +167,9 @@ class SmallHTTPProtocol(asyncio.Protocol):
         assert self.transport is not None
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             status, headers, body = self.bad_request(error)
-            head = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))]
+            head = [status_line(status)]
             head += [k + b": " + v + b"\r\n" for k, v in headers]
-            head.append(b"Date: " + formatdate(usegmt=True).encode() + b"\r\n")
+            head.append(date_header())
             head.append(b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
             self.transport.write(b"".join(head) + body)
         self.transport.close()
