@@ -203,3 +203,20 @@ def test_each_timeout_that_fires_is_counted_by_kind(proxy, backend):
     s = samples(p)
     assert s['cfproxy_timeouts_total{kind="header"}'] == 1  # each counted once, where it fired
     assert s['cfproxy_timeouts_total{kind="proxy"}'] == 1
+
+
+# --- the metrics listener's own connection timeouts (cfproxy/http/small_server.py) ------------
+
+def test_an_idle_metrics_connection_is_closed_after_five_seconds_and_not_counted(proxy):
+    p = start(proxy)
+    with socket.create_connection(("127.0.0.1", p.metrics_port)) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # one scrape, then nothing
+        s.settimeout(10)
+        t0 = time.monotonic()
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        waited = time.monotonic() - t0
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert 4.5 < waited < 7.0  # Node's keepAliveTimeout, as CHP's metrics server
+    assert samples(p)['cfproxy_timeouts_total{kind="metrics_request"}'] == 0  # no request cut

@@ -52,7 +52,7 @@ from cfproxy.config import API_MAX_BODY_SIZE
 from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head
 from cfproxy.http.status import date_header, status_line
 from cfproxy.log import log
-from cfproxy.proxy.flow import QUEUED, ReadGate, WriteFlow
+from cfproxy.proxy.flow import QUEUED, Deadline, ReadGate, WriteFlow
 from cfproxy.tls import transport_is_tls
 
 KEEP_ALIVE_S = 5.0  # Node's default, independent of --keep-alive-timeout (reference 2.1)
@@ -171,8 +171,7 @@ class ApiProtocol(asyncio.Protocol):
         self.max_head = app.config.max_head_size
         self.header_timeout = app.config.header_timeout / 1000.0
         self.buf = bytearray()  # received, not yet consumed
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline: float | None = None  # loop.time() when the connection times out
+        self.deadline: Deadline | None = None  # header, keep-alive or linger timeout
         self.gate: ReadGate | None = None  # holds reading: QUEUED (pipelined bytes wait
         self.flow: WriteFlow | None = None  # behind a running handler), OWN_WRITES (flow)
         self.lingering = False  # answered and half-closed; discarding input
@@ -196,6 +195,7 @@ class ApiProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()  # once: each lookup is a getpid() syscall on 3.11
+        self.deadline = Deadline(self.loop, self._on_timeout)
         self.peer = transport.get_extra_info("peername")
         self.gate = ReadGate(self.transport)
         self.flow = WriteFlow(self.gate, self._on_drain)
@@ -489,42 +489,20 @@ class ApiProtocol(asyncio.Protocol):
         self._drop_timer()
         transport.close()
 
-    # One loop timer per connection, moved lazily: each request moves the deadline twice
-    # (header timeout, then keep-alive), and a new TimerHandle + cancel each time was a
-    # measurable part of an API add. The handle stays; if it fires before the current
-    # deadline it re-arms for the rest; it is replaced only when the deadline moves earlier.
+    # The connection's one deadline (proxy/flow.py's Deadline: moving it is a float write,
+    # it shares the loop's timer wheel); each request moves it twice (header timeout, then
+    # keep-alive), so it must be cheap to move.
     def _arm(self, seconds: float) -> None:
-        deadline = self.loop.time() + seconds
-        self.deadline = deadline
-        timer = self.timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return
-            timer.cancel()
-        self.timer = self.loop.call_at(deadline, self._on_timer)
+        self.deadline.set(seconds)
 
     def _cancel_timer(self) -> None:
-        self.deadline = None  # the handle may stay armed; it will find no deadline
+        self.deadline.clear()
 
     def _drop_timer(self) -> None:
-        self.deadline = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        deadline = self.deadline
-        if deadline is None or self.closed:
-            return
-        if self.loop.time() < deadline:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-            return
-        self.deadline = None
-        self._on_timeout()
+        self.deadline.cancel()
 
     def _on_timeout(self) -> None:
-        if self.task is not None:
+        if self.task is not None or self.closed:
             return
         if not self.lingering:
             busy = self.request_started or self.prepared is not None

@@ -31,7 +31,7 @@ import h11
 
 from cfproxy.http.status import date_header, reason, status_line
 from cfproxy.log import log
-from cfproxy.proxy.flow import ReadGate, WriteFlow
+from cfproxy.proxy.flow import Deadline, ReadGate, WriteFlow
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, extra headers, body
 
@@ -56,7 +56,7 @@ class SmallHTTPProtocol(asyncio.Protocol):
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.timeouts = timeouts
         self._request: h11.Request | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: Deadline | None = None  # idle or request timeout (made with the transport)
         self._in_request = False  # a request has started arriving (request_timeout runs)
 
     # subclass hooks ----------------------------------------------------------
@@ -70,6 +70,7 @@ class SmallHTTPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.flow = WriteFlow(ReadGate(self.transport), self._process)
+        self._deadline = Deadline(asyncio.get_running_loop(), self._timed_out)
         self._arm(self.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -85,7 +86,7 @@ class SmallHTTPProtocol(asyncio.Protocol):
         return None  # let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        self._deadline.cancel()
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -96,17 +97,9 @@ class SmallHTTPProtocol(asyncio.Protocol):
 
     # internals ------------------------------------------------------------------
     def _arm(self, seconds: float) -> None:
-        self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(seconds, self._timed_out)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.set(seconds)
 
     def _timed_out(self) -> None:
-        self._timer = None
         if self.transport is None:
             return
         if self._in_request and self.timeouts is not None:
