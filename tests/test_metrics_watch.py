@@ -207,16 +207,35 @@ def test_each_timeout_that_fires_is_counted_by_kind(proxy, backend):
 
 # --- the metrics listener's own connection timeouts (cfproxy/http/small_server.py) ------------
 
-def test_an_idle_metrics_connection_is_closed_after_five_seconds_and_not_counted(proxy):
+def _read_to_close(s: socket.socket) -> tuple[bytes, float]:
+    s.settimeout(10)
+    t0 = time.monotonic()
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data, time.monotonic() - t0
+
+
+def test_idle_api_and_metrics_connections_are_closed_after_five_seconds(proxy):
     p = start(proxy)
-    with socket.create_connection(("127.0.0.1", p.metrics_port)) as s:
-        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # one scrape, then nothing
-        s.settimeout(10)
-        t0 = time.monotonic()
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-        waited = time.monotonic() - t0
-    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert 4.5 < waited < 7.0  # Node's keepAliveTimeout, as CHP's metrics server
-    assert samples(p)['cfproxy_timeouts_total{kind="metrics_request"}'] == 0  # no request cut
+    with socket.create_connection(("127.0.0.1", p.metrics_port)) as m, \
+            socket.create_connection(("127.0.0.1", p.api_port)) as a:
+        m.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # one request, then nothing
+        a.sendall(b"GET /api/routes HTTP/1.1\r\nHost: x\r\n\r\n")
+        (m_data, m_waited), (a_data, a_waited) = _read_to_close(m), _read_to_close(a)
+    assert m_data.startswith(b"HTTP/1.1 200 OK\r\n") and a_data.startswith(b"HTTP/1.1 403 ")
+    assert 4.5 < m_waited < 7.0  # Node's keepAliveTimeout, as CHP's servers
+    assert a_waited < 7.0
+    s = samples(p)
+    assert s['cfproxy_timeouts_total{kind="api_keep_alive"}'] == 1
+    assert s['cfproxy_timeouts_total{kind="api_header"}'] == 0
+    assert s['cfproxy_timeouts_total{kind="metrics_request"}'] == 0  # no request was cut
+
+
+def test_an_api_connection_that_sends_nothing_is_cut_by_the_header_timeout(proxy):
+    p = start(proxy, "--header-timeout", "300")
+    with socket.create_connection(("127.0.0.1", p.api_port)) as a:
+        data, waited = _read_to_close(a)
+    assert data == b"" and waited < 3.0
+    assert wait_until(lambda: samples(p)['cfproxy_timeouts_total{kind="api_header"}'] == 1)
+    assert samples(p)['cfproxy_timeouts_total{kind="api_keep_alive"}'] == 0

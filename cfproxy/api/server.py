@@ -175,6 +175,7 @@ class ApiProtocol(asyncio.Protocol):
         self.gate: ReadGate | None = None  # holds reading: QUEUED (pipelined bytes wait
         self.flow: WriteFlow | None = None  # behind a running handler), OWN_WRITES (flow)
         self.lingering = False  # answered and half-closed; discarding input
+        self.served = False  # an exchange completed: between requests we wait KEEP_ALIVE_S
         self.closed = False
         self.eof = False  # the client half-closed
         self.close_after_response = False
@@ -466,6 +467,7 @@ class ApiProtocol(asyncio.Protocol):
             return
         self.method = ""
         self.log_path = ""
+        self.served = True
         self.request_started = bool(self.buf) or self.eof
         self._arm(self.header_timeout if self.request_started else KEEP_ALIVE_S)
         self.gate.release(QUEUED)
@@ -505,8 +507,8 @@ class ApiProtocol(asyncio.Protocol):
         if self.task is not None or self.closed:
             return
         if not self.lingering:
-            busy = self.request_started or self.prepared is not None
-            self.app.metrics.timeouts["api_header" if busy else "api_keep_alive"] += 1
+            idle = self.served and not self.request_started and self.prepared is None
+            self.app.metrics.timeouts["api_keep_alive" if idle else "api_header"] += 1
         self._close()
 
 
