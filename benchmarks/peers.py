@@ -293,6 +293,7 @@ class Peer:
 class CFProxy(Peer):
     name = "cfproxy"
     has_api = True
+    workers = 1  # `python -m benchmarks --workers N`: CPU is measured over the process tree
 
     def unavailable(self) -> str | None:
         if not (REPO / "cfproxy" / "__main__.py").exists():
@@ -312,7 +313,8 @@ class CFProxy(Peer):
     def command(self, port: int, api_port: int, extra: tuple[str, ...]) -> list[str]:
         return [sys.executable, "-m", "cfproxy", "--ip", "127.0.0.1", "--port", str(port),
                 "--api-ip", "127.0.0.1", "--api-port", str(api_port),
-                "--default-target", self.backends.http_url, *extra]
+                "--default-target", self.backends.http_url,
+                *(("--workers", str(self.workers)) if self.workers > 1 else ()), *extra]
 
 
 class CHP(Peer):

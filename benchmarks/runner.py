@@ -18,13 +18,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from benchmarks import procs, scenarios
+from benchmarks import procs, scenarios, state
 from benchmarks.backend import raise_nofile
 from benchmarks.peers import (
     ALL_PEERS,
     PEER_CLASSES,
     REPO,
     Backends,
+    CFProxy,
     Peer,
     find_chp,
     find_nginx,
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("nginx", "python"), default="nginx",
                    help="HTTP backend (default nginx, whose heads are a real server's; python: "
                         "the lean backend, see README)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run cfproxy with --workers N (CPU figures cover the primary and every "
+                        "worker: compare req/CPU-s against a run without it)")
     p.add_argument("--json", metavar="FILE", help="write all results (every round) as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw the ratios to CHP (needs matplotlib)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, configs)")
@@ -72,6 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if getattr(a, k) is not None:
             prof[k] = getattr(a, k)
     a.profile = prof
+    if a.workers < 1:
+        p.error("--workers: must be at least 1")
     a.peer_list = [x.strip() for x in a.peers.split(",") if x.strip()]
     bad = [x for x in a.peer_list if x not in PEER_CLASSES]
     if bad:
@@ -143,7 +149,10 @@ class Run:
 
     # --- helpers ----------------------------------------------------------------------------
     def make_peer(self, name: str) -> Peer:
-        return PEER_CLASSES[name](self.backends, self.tmp)
+        peer = PEER_CLASSES[name](self.backends, self.tmp)
+        if isinstance(peer, CFProxy):
+            peer.workers = self.args.workers
+        return peer
 
     def attempt(self, sc: str, peer: str, fn: Callable[[], dict]) -> None:
         try:
@@ -159,7 +168,8 @@ class Run:
         for sc in self.args.selected:
             k = len(self.peers_for(sc))
             n += {"http": r * k, "ws": r * k, "rss": 2 * k, "routes": k + 2 * r * k,
-                  "startup": self.prof["startup_rounds"] * k, "pipeline": 3 * k}[sc.group]
+                  "startup": self.prof["startup_rounds"] * k, "pipeline": 3 * k,
+                  "state": 4 + 2 * r}[sc.group]
         return n
 
     # --- the run ----------------------------------------------------------------------------
@@ -207,6 +217,7 @@ class Run:
         res = self.results
         res.meta = {"profile": "quick" if a.quick else "full", **self.prof, "backend": a.backend,
                     "cpus": os.cpu_count(), "pinning": procs.pinning_enabled(),
+                    "cfproxy_workers": a.workers,
                     "python": sys.version.split()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         busy = other_cpu_load()
         res.meta["other_cpu_load_pct"] = busy
@@ -230,6 +241,8 @@ class Run:
             self.run_startup(sc)
         for sc in groups["pipeline"]:
             self.run_pipeline(sc)
+        for sc in groups["state"]:
+            state.run(self, sc)
         self.progress.finish()
         return res
 

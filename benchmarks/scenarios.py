@@ -13,6 +13,7 @@ Groups:
            throughput over random routes vs one route
   startup  a fresh peer, spawn -> first proxied 200
   pipeline a fresh peer per port: a client pipelining requests without reading, RSS growth
+  state    the SQLite store: adds/s, restart with N routes, SQLite vs memory (benchmarks/state.py)
 """
 
 from __future__ import annotations
@@ -200,8 +201,11 @@ SCENARIOS: list[Scenario] = [
     Scenario("pipeline", "a client pipelining requests without reading (fresh process per port)",
              "pipeline", _pipeline_metrics(), {"max_mb": 100}, ("cfproxy", "chp")),
 ]
+from benchmarks import state as _state  # noqa: E402 - the state group (SQLite store)
+
+SCENARIOS.append(_state.scenario())
 BY_ID = {s.id: s for s in SCENARIOS}
-GROUPS = ("http", "ws", "rss", "routes", "startup", "pipeline")
+GROUPS = ("http", "ws", "rss", "routes", "startup", "pipeline", "state")
 SHAPE_IDS = [f"shape-{name}" for name in SHAPES]
 
 # Issue 10's targets, in its order: (what, [(scenario, metric), ...]); the report prints

@@ -35,9 +35,13 @@ from cfproxy.config import (
     DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
     DEFAULT_MAX_HEAD_SIZE,
     DEFAULT_PORT,
+    DEFAULT_REQUEST_TIMEOUT_MS,
     DEFAULT_SHUTDOWN_TIMEOUT_MS,
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS,
     LOG_LEVELS,
+    MAX_WORKERS,
     Config,
+    fast_paths_from_env,
 )
 
 PROG = "configurable-http-proxy"
@@ -84,7 +88,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--ssl-key <keyfile>", "ssl_key", "value", "SSL key to use, if any"),
     Option("--ssl-cert <certfile>", "ssl_cert", "value", "SSL certificate to use, if any"),
     Option("--ssl-ca <ca-file>", "ssl_ca", "value", "SSL certificate authority, if any"),
-    Option("--ssl-request-cert", "ssl_request_cert", "flag", "Request SSL certs to authenticate clients"),
+    Option("--ssl-request-cert", "ssl_request_cert", "flag",
+           "Request SSL certs to authenticate clients; a client without a valid certificate "
+           "is then refused, as in CHP (fails closed)"),
     Option("--ssl-reject-unauthorized", "ssl_reject_unauthorized", "flag",
            "Reject unauthorized SSL connections (only meaningful if --ssl-request-cert is given)"),
     Option("--ssl-protocol <ssl-protocol>", "ssl_protocol", "value",
@@ -106,7 +112,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--api-ssl-ca <ca-file>", "api_ssl_ca", "value",
            "SSL certificate authority, if any, for API requests"),
     Option("--api-ssl-request-cert", "api_ssl_request_cert", "flag",
-           "Request SSL certs to authenticate clients for API requests"),
+           "Request SSL certs to authenticate clients for API requests; a client without a "
+           "valid certificate is then refused, as in CHP (fails closed)"),
     Option("--api-ssl-reject-unauthorized", "api_ssl_reject_unauthorized", "flag",
            "Reject unauthorized SSL connections (only meaningful if --api-ssl-request-cert is given)"),
     Option("--client-ssl-key <keyfile>", "client_ssl_key", "value",
@@ -170,6 +177,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("--shutdown-timeout <n>", "shutdown_timeout", "value",
            "On SIGTERM/SIGINT, time (in millis) in-flight requests get to finish "
            f"(default: {DEFAULT_SHUTDOWN_TIMEOUT_MS})"),
+    Option("--request-timeout <n>", "request_timeout", "value",
+           "Time (in millis) a client has to send a whole request (head and body) before it "
+           f"gets 408 and is closed; 0 disables (default: {DEFAULT_REQUEST_TIMEOUT_MS})"),
+    Option("--upstream-idle-timeout <n>", "upstream_idle_timeout", "value",
+           "Time (in millis) an idle keep-alive connection to a target is kept for reuse; "
+           f"0 keeps it until the target closes it (default: {DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS})"),
+    Option("--max-upstream-connections <n>", "max_upstream_connections", "value",
+           "Most connections to one target per proxy process; further requests wait in a "
+           "short queue, 503 when it is full; 0 = no limit (default: 0)"),
+    Option("--workers <n>", "workers", "value",
+           "Processes accepting on the public port(s), sharing one route table; 'auto' = the "
+           "CPUs this process may use (default: 1, a single process)"),
 )
 
 _BY_NAME = {o.name: o for o in OPTIONS}
@@ -324,6 +343,21 @@ def _strict_int(dest: str, value: str, minimum: int = 0) -> int:
     return n
 
 
+def _workers(value: str) -> int:
+    """--workers: a whole number from 1 to MAX_WORKERS, or "auto" (the CPUs we may use)."""
+    text = value.strip()
+    if text.lower() == "auto":
+        from cfproxy.workers.cpus import usable_cpus
+
+        return usable_cpus()
+    if not re.fullmatch(r"\+?[0-9]+", text):
+        raise _invalid("workers", value, "expected a whole number of processes or 'auto'")
+    n = int(text)
+    if not 1 <= n <= MAX_WORKERS:
+        raise _invalid("workers", value, f"must be between 1 and {MAX_WORKERS}")
+    return n
+
+
 def _millis(dest: str, value: str) -> int | None:
     """--timeout / --proxy-timeout: parseInt; 0 = no timeout; not a number or negative = error."""
     n = js_parse_int(value)
@@ -467,9 +501,12 @@ def parse_args(argv: Sequence[str], env: dict | None = None) -> Parsed:
         kw["keep_alive_timeout"] = n or DEFAULT_KEEP_ALIVE_TIMEOUT_MS
     if "max_head_size" in raw:
         kw["max_head_size"] = _strict_int("max_head_size", raw["max_head_size"], minimum=1024)
-    for dest in ("header_timeout", "shutdown_timeout"):
+    for dest in ("header_timeout", "shutdown_timeout", "request_timeout",
+                 "upstream_idle_timeout", "max_upstream_connections"):
         if dest in raw:
             kw[dest] = _strict_int(dest, raw[dest])
+    if "workers" in raw:
+        kw["workers"] = _workers(raw["workers"])
 
     # log level (Q20 fix: an unknown level is an error, not silence)
     if "log_level" in raw:
@@ -506,6 +543,7 @@ def parse_args(argv: Sequence[str], env: dict | None = None) -> Parsed:
     kw["auth_token"] = env.get("CONFIGPROXY_AUTH_TOKEN") or None
     kw["ssl_key_passphrase"] = env.get("CONFIGPROXY_SSL_KEY_PASSPHRASE") or None
     kw["api_ssl_key_passphrase"] = env.get("CONFIGPROXY_API_SSL_KEY_PASSPHRASE") or None
+    kw["fast_paths"] = fast_paths_from_env(env)
 
     config = Config(**kw)
     _check_tls(config)

@@ -18,7 +18,20 @@ DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 5000
 DEFAULT_MAX_HEAD_SIZE = 64 * 1024
 DEFAULT_HEADER_TIMEOUT_MS = 60_000
 DEFAULT_SHUTDOWN_TIMEOUT_MS = 10_000
+DEFAULT_REQUEST_TIMEOUT_MS = 300_000  # Node's server.requestTimeout, which CHP inherits
+DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS = 4_000  # below common servers' keep-alive (5 s and up)
+MAX_WORKERS = 1024
 API_MAX_BODY_SIZE = 1024 * 1024
+
+
+
+def fast_paths_from_env(env=None) -> bool:
+    """CFPROXY_FAST_PATHS: "0", "false", "no" or "off" turn the fast paths off."""
+    import os
+
+    value = (os.environ if env is None else env).get("CFPROXY_FAST_PATHS", "1")
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
 
 LOG_LEVELS = ("error", "warn", "info", "http", "verbose", "debug", "silly")
 
@@ -102,6 +115,15 @@ class Config:
     max_head_size: int = DEFAULT_MAX_HEAD_SIZE  # --max-head-size: request line + headers
     header_timeout: int = DEFAULT_HEADER_TIMEOUT_MS  # --header-timeout: whole head must arrive
     shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT_MS  # --shutdown-timeout: drain grace period
+    request_timeout: int = DEFAULT_REQUEST_TIMEOUT_MS  # --request-timeout: whole request; 0 = off
+    upstream_idle_timeout: int = DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS  # --upstream-idle-timeout
+    max_upstream_connections: int = 0  # --max-upstream-connections: per target, 0 = no cap
+    # every fast path and memo of the data path (cfproxy/http/fastpath.py); off with the
+    # environment variable CFPROXY_FAST_PATHS=0 (tests run the general code that way)
+    fast_paths: bool = field(default_factory=fast_paths_from_env)
+    # --workers: processes accepting on the public port(s); 1 = one process, no workers
+    # ("auto" is resolved by the CLI to the CPUs this process may use)
+    workers: int = 1
 
     # Extra keys a library user may want to carry; not set by the CLI.
     extra: dict = field(default_factory=dict, compare=False, hash=False)

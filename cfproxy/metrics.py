@@ -31,8 +31,11 @@ a microsecond. Accuracy is best at the tails, which is what p99/p99.9 need.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
+import random
+import time
 from collections import defaultdict
 from itertools import accumulate
 from operator import mul
@@ -48,6 +51,32 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # status class index: 0 = unknown/other, 1..5 = 1xx..5xx
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def _compress(ms: list[float], ws: list[float]) -> tuple[list[float], list[float]]:
+    """Centroids (sorted by mean, with weights) folded so one spans at most one unit of k1."""
+    cum_w = list(accumulate(ws))
+    cum_mw = list(accumulate(map(mul, ms, ws)))
+    total = cum_w[-1]
+    k_norm = _COMPRESSION / (2.0 * math.pi)
+    half_pi = math.pi / 2.0
+    means: list[float] = []
+    weights: list[float] = []
+    n = len(cum_w)
+    start = 0
+    before_w = before_mw = 0.0
+    while start < n:
+        k_hi = math.asin(2.0 * before_w / total - 1.0) + 1.0 / k_norm
+        limit = total if k_hi >= half_pi else (math.sin(k_hi) + 1.0) / 2.0 * total
+        end = bisect.bisect_right(cum_w, limit * (1.0 + 1e-12), start)
+        if end <= start:
+            end = start + 1
+        w = cum_w[end - 1] - before_w
+        means.append((cum_mw[end - 1] - before_mw) / w)
+        weights.append(w)
+        before_w, before_mw = cum_w[end - 1], cum_mw[end - 1]
+        start = end
+    return means, weights
 
 
 class Summary:
@@ -102,28 +131,7 @@ class Summary:
             prev = i
         ms += buf[prev:]
         ws += [1.0] * (len(buf) - prev)
-        cum_w = list(accumulate(ws))
-        cum_mw = list(accumulate(map(mul, ms, ws)))
-        total = cum_w[-1]
-        k_norm = _COMPRESSION / (2.0 * math.pi)
-        half_pi = math.pi / 2.0
-        means: list[float] = []
-        weights: list[float] = []
-        n = len(cum_w)
-        start = 0
-        before_w = before_mw = 0.0
-        while start < n:
-            k_hi = math.asin(2.0 * before_w / total - 1.0) + 1.0 / k_norm
-            limit = total if k_hi >= half_pi else (math.sin(k_hi) + 1.0) / 2.0 * total
-            end = bisect.bisect_right(cum_w, limit * (1.0 + 1e-12), start)
-            if end <= start:
-                end = start + 1
-            w = cum_w[end - 1] - before_w
-            means.append((cum_mw[end - 1] - before_mw) / w)
-            weights.append(w)
-            before_w, before_mw = cum_w[end - 1], cum_mw[end - 1]
-            start = end
-        self._means, self._weights = means, weights
+        self._means, self._weights = _compress(ms, ws)
 
     def quantile(self, q: float) -> float:
         """The q-quantile of everything observed so far; 0 when nothing was (as prom-client)."""
@@ -158,6 +166,127 @@ class Summary:
         self._merge()
         return len(self._means)
 
+    def merge(self, other: Summary) -> None:
+        """Add everything `other` observed (t-digests merge: centroids combined, re-folded).
+
+        Used by --workers to show one summary over all processes. `other` is not changed
+        beyond folding its own buffer.
+        """
+        other._merge()
+        self._merge()
+        if not other.count:
+            return
+        self.sum += other.sum
+        self.count += other.count
+        self._min = min(self._min, other._min)
+        self._max = max(self._max, other._max)
+        pairs = sorted(zip(self._means + other._means, self._weights + other._weights, strict=True))
+        if pairs:
+            self._means, self._weights = _compress([m for m, _ in pairs], [w for _, w in pairs])
+
+
+# What `Metrics.timeouts` counts, by kind: each is bumped once where that timeout fires.
+TIMEOUT_KINDS = (
+    "header",  # public port: a request head not complete within --header-timeout (408)
+    "request",  # public port: a request not complete within the request timeout (408)
+    "activity",  # public port: --timeout, no bytes either way during a web request
+    "proxy",  # public port: --proxy-timeout, the target did not answer (503 or cut)
+    "keep_alive",  # public port: an idle keep-alive connection closed
+    "upstream_idle",  # a pooled upstream connection closed after its idle timeout
+    "api_header",  # API: a request not complete within --header-timeout
+    "api_keep_alive",  # API: an idle keep-alive connection closed (5 s)
+    "metrics_request",  # metrics port: a request not complete within 60 s
+    "redirect_request",  # redirect port: a request not complete within 60 s
+)
+
+
+class LoopLag:
+    """How late the event loop runs its callbacks: CHP's `nodejs_eventloop_lag_*` counterpart.
+
+    Once started (by the metrics listener), a timer asks to run every `INTERVAL` seconds
+    and records how much later than asked it ran: the time the loop was busy with
+    something else (a long callback, a burst of connections, GC). prom-client reports
+    Node's delay histogram, which includes its own 10 ms sampling interval; here only the
+    lateness beyond the interval is recorded, so an idle proxy reads ~0.
+
+    `last` is the latest sample (`nodejs_eventloop_lag_seconds`); `take()` returns the
+    min/max/mean/stddev/p50/p90/p99 of the samples since the previous `take()` and starts
+    over, as prom-client resets its histogram on every scrape. At most `KEEP` samples are
+    kept for the percentiles between scrapes (reservoir sampling); the moments use all.
+    Cost: 20 timer callbacks a second (~0.2% of a core on an idle proxy; at 10 ms, as
+    Node samples, it was ~0.6%).
+    """
+
+    INTERVAL = 0.05  # 20 samples a second: a stall of 50 ms or more always delays one
+    KEEP = 4096
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._expected = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.sumsq = 0.0
+        self.min = math.inf
+        self.max = 0.0
+        self.samples: list[float] = []
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start sampling on `loop` (again a no-op)."""
+        if self.loop is not None:
+            return
+        self.loop = loop
+        self._expected = time.perf_counter() + self.INTERVAL
+        loop.call_later(self.INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        lag = now - self._expected
+        if lag < 0.0:
+            lag = 0.0
+        self.record(lag)
+        self._expected = now + self.INTERVAL
+        if not self.loop.is_closed():
+            self.loop.call_later(self.INTERVAL, self._tick)
+
+    def record(self, lag: float) -> None:
+        """One sample, in seconds."""
+        self.last = lag
+        self.count += 1
+        self.sum += lag
+        self.sumsq += lag * lag
+        if lag < self.min:
+            self.min = lag
+        if lag > self.max:
+            self.max = lag
+        samples = self.samples
+        if len(samples) < self.KEEP:
+            samples.append(lag)
+        else:
+            i = random.randrange(self.count)
+            if i < self.KEEP:
+                samples[i] = lag
+
+    def take(self) -> dict[str, float]:
+        """min, max, mean, stddev, p50, p90, p99 (seconds) since the last take; all 0 if none."""
+        n = self.count
+        if not n:
+            return dict.fromkeys(("min", "max", "mean", "stddev", "p50", "p90", "p99"), 0.0)
+        mean = self.sum / n
+        var = max(0.0, self.sumsq / n - mean * mean)
+        ordered = sorted(self.samples)
+
+        def pct(p: float) -> float:  # nearest rank
+            return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
+
+        out = {"min": self.min, "max": self.max, "mean": mean, "stddev": math.sqrt(var),
+               "p50": pct(50), "p90": pct(90), "p99": pct(99)}
+        self._reset()
+        return out
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -174,6 +303,10 @@ class Metrics:
         # cfproxy additions
         self.bytes_in = 0  # from clients
         self.bytes_out = 0  # to clients
+        # connections and requests cut by a timeout, by kind (TIMEOUT_KINDS; a kind not
+        # listed there still counts, printed after them)
+        self.timeouts: defaultdict[str, int] = defaultdict(int, dict.fromkeys(TIMEOUT_KINDS, 0))
+        self.loop_lag = LoopLag()  # sampling starts with the metrics listener
         # request latency histogram: per status class, non-cumulative bucket counts
         # (last slot = +Inf) and the sum of observed seconds
         n = len(LATENCY_BUCKETS) + 1

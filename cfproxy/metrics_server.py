@@ -15,13 +15,14 @@ text is written here, byte-compatible with prom-client's output for CHP's famili
 print 0 from the start, labelled ones only HELP/TYPE until a label value exists, numbers
 in JavaScript's shortest form (`0.00001`, not `1e-05`).
 
-Order: prom-client's default `process_*` families (from /proc; the `nodejs_*` ones have no
-Python meaning and are absent), then CHP's families in CHP's registration order, then
-cfproxy's own (`cfproxy_*`, Prometheus-style names with `_total` on counters).
+Order: prom-client's default `process_*` families (from /proc), its
+`nodejs_eventloop_lag_*` gauges (cfproxy's event loop, see metrics.LoopLag; the other
+`nodejs_*` families have no Python meaning and are absent), then CHP's families in CHP's
+registration order, then cfproxy's own (`cfproxy_*`, Prometheus-style names with `_total`
+on counters).
 
-This module also holds `SmallHTTPProtocol`, the tiny h11 server the metrics and the
-redirect listeners share: keep-alive, pipelining, backpressure, idle/request timeouts.
-It is not for the hot path (h11 costs ~25 us a request; these listeners see little traffic).
+The connection handling (h11, keep-alive, timeouts, backpressure) is
+cfproxy/http/small_server.py, shared with the redirect listener.
 """
 
 from __future__ import annotations
@@ -32,13 +33,11 @@ import resource
 import time
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import Any
 
 import h11
 
-from cfproxy.log import log
+from cfproxy.http.small_server import Reply, SmallHTTPProtocol
 from cfproxy.metrics import LATENCY_BUCKETS, STATUS_CLASSES, SUMMARY_QUANTILES, Summary
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -80,10 +79,14 @@ def _gauge(name: str, help_text: str, value: float | None) -> str:
     return _family(name, help_text, "gauge", samples)
 
 
-def _labelled_counter(name: str, help_text: str, label: str, values: dict) -> str:
+def _labelled(name: str, help_text: str, kind: str, label: str, values: dict) -> str:
     samples = [f'{name}{{{label}="{_label_value(k)}"}} {format_value(v)}\n'
                for k, v in list(values.items())]
-    return _family(name, help_text, "counter", samples)
+    return _family(name, help_text, kind, samples)
+
+
+def _labelled_counter(name: str, help_text: str, label: str, values: dict) -> str:
+    return _labelled(name, help_text, "counter", label, values)
 
 
 def _summary(name: str, help_text: str, summary: Summary) -> str:
@@ -182,6 +185,58 @@ def _process_families() -> list[str]:
     return fams
 
 
+# --- nodejs_eventloop_lag_* (prom-client's names, cfproxy's loop) ----------------------
+
+_LAG_FAMILIES = (  # (suffix, key of LoopLag.take(), prom-client's HELP)
+    ("min", "min", "The minimum recorded event loop delay."),
+    ("max", "max", "The maximum recorded event loop delay."),
+    ("mean", "mean", "The mean of the recorded event loop delays."),
+    ("stddev", "stddev", "The standard deviation of the recorded event loop delays."),
+    ("p50", "p50", "The 50th percentile of the recorded event loop delays."),
+    ("p90", "p90", "The 90th percentile of the recorded event loop delays."),
+    ("p99", "p99", "The 99th percentile of the recorded event loop delays."),
+)
+
+
+def _loop_lag_families(lag: Any) -> list[str]:
+    """prom-client's eventLoopLag families, from the samples since the previous scrape."""
+    stats = lag.take()
+    fams = [_gauge("nodejs_eventloop_lag_seconds", "Lag of event loop in seconds.", lag.last)]
+    fams += [_gauge(f"nodejs_eventloop_lag_{suffix}_seconds", help_text, stats[key])
+             for suffix, key, help_text in _LAG_FAMILIES]
+    return fams
+
+
+# --- upstream pools by target ---------------------------------------------------------
+
+POOL_TARGETS_SHOWN = 10  # busiest targets with a series of their own; the rest are "other"
+
+
+def _pool_label(key: Any) -> str:
+    """A pool key (Target.pool_key: scheme, host, port, unix path) as a target label."""
+    try:
+        scheme, host, port, unix_path = key
+    except (TypeError, ValueError):
+        return str(key)
+    if unix_path is not None:
+        return f"unix:{unix_path}"
+    host = f"[{host}]" if ":" in str(host) else host
+    return f"{scheme}://{host}:{port}"
+
+
+def pooled_by_target(app: Any, shown: int = POOL_TARGETS_SHOWN) -> dict[str, int]:
+    """Idle pooled connections of the `shown` busiest targets, busiest first, then "other"
+    (every other target's, summed; always present). Read at scrape time only."""
+    idle = getattr(getattr(app, "upstreams", None), "idle", None)
+    counts: list[tuple[int, str]] = []
+    if isinstance(idle, dict):
+        counts = [(len(conns), _pool_label(key)) for key, conns in list(idle.items()) if conns]
+    counts.sort(key=lambda item: (-item[0], item[1]))
+    out = {label: n for n, label in counts[:shown]}
+    out["other"] = sum(n for n, _ in counts[shown:])
+    return out
+
+
 # --- the exposition -----------------------------------------------------------------
 
 
@@ -206,7 +261,10 @@ def _idle_upstreams(app: Any) -> int:
 def render_metrics(app: Any) -> bytes:
     """The full exposition text for `app` (reference 6), as bytes."""
     m = app.metrics
-    fams = _process_families()
+    # --workers N renders a merged view (cfproxy/workers/metrics.py) with its own
+    # process figures (over every process) and per-worker families at the end
+    fams = getattr(app, "process_families", _process_families)()
+    fams += _loop_lag_families(m.loop_lag)
     fams += [
         # CHP's families, in CHP's registration order (lib/metrics.js)
         _counter("api_route_get", "Count of API route get requests", m.api_route_get),
@@ -228,6 +286,10 @@ def render_metrics(app: Any) -> bytes:
                len(app.tunnels)),
         _gauge("cfproxy_upstream_idle_connections",
                "Idle keep-alive connections held in the upstream pools.", _idle_upstreams(app)),
+        _labelled("cfproxy_upstream_pooled_connections",
+                  "Idle keep-alive connections held in the upstream pools, by target (the "
+                  f"{POOL_TARGETS_SHOWN} busiest; the rest summed as target=\"other\").",
+                  "gauge", "target", pooled_by_target(app)),
         _gauge("cfproxy_routes", "Routes in the routing table.",
                _len_or_none(getattr(app, "table", None))),
         _counter("cfproxy_client_received_bytes_total",
@@ -238,168 +300,22 @@ def render_metrics(app: Any) -> bytes:
             "cfproxy_request_duration_seconds",
             "Proxied web request duration, request head to end of response, by status class.",
             m.request_latency_counts, m.request_latency_sums),
+        _labelled_counter("cfproxy_timeouts_total",
+                          "Connections and requests cut by a timeout, by kind.", "kind",
+                          m.timeouts),
     ]
+    fams += getattr(app, "extra_families", list)()
     return "\n".join(fams).encode()
-
-
-# --- a small h11 server ----------------------------------------------------------------
-
-Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
-
-
-class SmallHTTPProtocol(asyncio.Protocol):
-    """A minimal HTTP/1.1 server over h11 for low-traffic listeners.
-
-    Subclasses implement `handle(request) -> (status, headers, body)`; it is called once
-    the whole request (body discarded) has arrived. Adds Date and Content-Length, keeps
-    the connection alive, answers pipelined requests in order, stops reading while the
-    peer does not read, closes idle connections after `idle_timeout` and requests that
-    do not complete within `request_timeout`. Malformed requests get `bad_request()`'s
-    reply and the connection is closed.
-    """
-
-    idle_timeout = 5.0  # Node's keepAliveTimeout default, as CHP's metrics server
-    request_timeout = 60.0  # Node's headersTimeout default
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
-        self._request: h11.Request | None = None
-        self._paused = False  # peer not reading our replies: stop reading its requests
-        self._timer: asyncio.TimerHandle | None = None
-        self._in_request = False
-
-    # subclass hooks ----------------------------------------------------------
-    def handle(self, request: h11.Request) -> Reply:
-        raise NotImplementedError
-
-    def bad_request(self, error: h11.RemoteProtocolError) -> Reply:
-        return 400, [], b"Bad Request"
-
-    # asyncio.Protocol ------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self._arm(self.idle_timeout)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._in_request:
-            self._in_request = True
-            self._arm(self.request_timeout)
-        self.conn.receive_data(data)
-        self._process()
-
-    def eof_received(self) -> bool | None:
-        self.conn.receive_data(b"")
-        self._process()
-        return None  # let the transport close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
-        self.transport = None
-
-    def pause_writing(self) -> None:
-        self._paused = True
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self.transport is not None:
-            self.transport.resume_reading()
-            self._process()
-
-    # internals ------------------------------------------------------------------
-    def _arm(self, seconds: float) -> None:
-        self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(seconds, self._timed_out)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        if self.transport is not None:
-            self.transport.close()
-
-    def _process(self) -> None:
-        while self.transport is not None and not self._paused:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as e:
-                self._send_error(e)
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.Request):
-                self._request = event
-                if self.conn.they_are_waiting_for_100_continue:
-                    self.transport.write(self.conn.send(
-                        h11.InformationalResponse(status_code=100, headers=[])) or b"")
-            elif isinstance(event, h11.EndOfMessage):
-                self._respond()
-                if self.transport is None:
-                    return
-            elif isinstance(event, h11.ConnectionClosed):
-                self.transport.close()
-                return
-            # h11.Data: request bodies are read and dropped
-
-    def _respond(self) -> None:
-        request = self._request
-        assert request is not None and self.transport is not None
-        try:
-            status, headers, body = self.handle(request)
-        except Exception:  # noqa: BLE001 - one bad scrape must not kill the connection silently
-            log.exception("Error answering %s %s", request.method.decode(), request.target)
-            status, headers, body = 500, [], b"Internal Server Error"
-        head = h11.Response(status_code=status, reason=_reason(status), headers=[
-            *headers,
-            (b"Date", formatdate(usegmt=True).encode()),
-            (b"Content-Length", str(len(body)).encode()),
-        ])
-        out = [self.conn.send(head)]
-        if body and request.method != b"HEAD":
-            out.append(self.conn.send(h11.Data(data=body)))
-        out.append(self.conn.send(h11.EndOfMessage()))
-        self.transport.write(b"".join(x for x in out if x))
-        self._request = None
-        if self.conn.our_state is h11.MUST_CLOSE:
-            self.transport.close()
-            self.transport = None
-            return
-        self.conn.start_next_cycle()
-        self._in_request = bool(self.conn.trailing_data[0])
-        self._arm(self.request_timeout if self._in_request else self.idle_timeout)
-
-    def _send_error(self, error: h11.RemoteProtocolError) -> None:
-        assert self.transport is not None
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            status, headers, body = self.bad_request(error)
-            head = [b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))]
-            head += [k + b": " + v + b"\r\n" for k, v in headers]
-            head.append(b"Date: " + formatdate(usegmt=True).encode() + b"\r\n")
-            head.append(b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
-            self.transport.write(b"".join(head) + body)
-        self.transport.close()
-        self.transport = None
 
 
 # --- the metrics listener ------------------------------------------------------------------
 
 
 class MetricsProtocol(SmallHTTPProtocol):
+    timeout_prefix = "metrics"
+
     def __init__(self, app: Any) -> None:
-        super().__init__()
+        super().__init__(app.metrics.timeouts)
         self.app = app
 
     def handle(self, request: h11.Request) -> Reply:
@@ -409,7 +325,9 @@ class MetricsProtocol(SmallHTTPProtocol):
 
 
 def make_metrics_protocol_factory(app: Any) -> Callable[[], asyncio.Protocol]:
-    """Zero-arg protocol factory for the metrics listener (TCP or Unix socket)."""
+    """Zero-arg protocol factory for the metrics listener (TCP or Unix socket); starts the
+    event-loop lag sampling (called on the running loop)."""
+    app.metrics.loop_lag.start(asyncio.get_running_loop())
 
     def factory() -> asyncio.Protocol:
         return MetricsProtocol(app)

@@ -72,7 +72,7 @@ async def _main(config: Config, startup_warnings: Sequence[str]) -> int:
     from cfproxy.app import App
 
     try:
-        app = App(config)
+        app = App(config, table=_primary_table(config))
     except Exception as e:  # noqa: BLE001 - e.g. a storage backend that fails to construct
         if config.storage_backend:
             msg = str(e)
@@ -83,6 +83,15 @@ async def _main(config: Config, startup_warnings: Sequence[str]) -> int:
             log.error("Failed to start: %s", e, exc_info=True)
         return 1
     return await serve(app, startup_warnings=startup_warnings)
+
+
+def _primary_table(config: Config) -> Any:
+    """With --workers N the primary's table reports every write to the workers' feed."""
+    if config.workers <= 1:
+        return None  # App builds the plain RouteTable
+    from cfproxy.workers.feed import FeedTable
+
+    return FeedTable(host_routing=config.host_routing)
 
 
 def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
@@ -96,7 +105,7 @@ def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
 # --- listeners -------------------------------------------------------------------
 
 
-def _listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol] | None:
+def listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol] | None:
     """The protocol factory for a listener kind; None when an optional module is missing."""
     if kind == "proxy":
         from cfproxy.proxy import make_proxy_protocol_factory
@@ -110,7 +119,8 @@ def _listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol]
         except ImportError as e:
             log.error("Metrics server unavailable (%s); --metrics-* ignored", e)
             return None
-        return make_metrics_protocol_factory(app)
+        # with --workers N: the figures merged over every process
+        return make_metrics_protocol_factory(getattr(app, "metrics_view", None) or app)
     if kind == "redirect":
         try:
             from cfproxy.proxy.redirect import make_redirect_protocol_factory
@@ -139,7 +149,7 @@ def _lazy_api_factory(app: Any) -> Callable[[], asyncio.BaseProtocol]:
     return factory
 
 
-def _prepare_unix_path(path: str, flag: str) -> None:
+def prepare_unix_path(path: str, flag: str) -> None:
     """Q22: unlink a stale socket file nobody listens on; refuse a live one or a non-socket."""
     try:
         st = os.stat(path)
@@ -168,7 +178,7 @@ def _prepare_unix_path(path: str, flag: str) -> None:
     raise ListenError(f"cannot listen on {path} ({flag}): another process is listening on it")
 
 
-def _bind_tcp(host: str | None, port: int, flag: str) -> list[socket.socket]:
+def bind_tcp(host: str | None, port: int, flag: str) -> list[socket.socket]:
     """Bound, listening sockets for host:port. "" / None = every interface, dual stack."""
     socks: list[socket.socket] = []
     if not host:
@@ -237,7 +247,7 @@ class Listeners:
     async def open_tcp(self, factory: Callable, host: str | None, port: int, flag: str,
                        ssl: Any = None) -> int:
         loop = asyncio.get_running_loop()
-        socks = _bind_tcp(host, port, flag)
+        socks = bind_tcp(host, port, flag)
         bound_port = socks[0].getsockname()[1]
         for i, s in enumerate(socks):
             try:
@@ -251,7 +261,7 @@ class Listeners:
 
     async def open_unix(self, factory: Callable, path: str, flag: str, ssl: Any = None) -> None:
         loop = asyncio.get_running_loop()
-        _prepare_unix_path(path, flag)
+        prepare_unix_path(path, flag)
         try:
             server = await loop.create_unix_server(factory, path, ssl=ssl, backlog=LISTEN_BACKLOG)
         except OSError as e:
@@ -273,7 +283,7 @@ class Listeners:
         self.unix_paths.clear()
 
 
-def _addr_text(port: Any, ip: Any) -> str:
+def addr_text(port: Any, ip: Any) -> str:
     """CHP's `[port, ip].join(":")`: port first, undefined ip -> empty (quirk Q19)."""
     return f"{port}:{'' if ip is None else ip}"
 
@@ -295,8 +305,12 @@ async def serve(app: Any, startup_warnings: Sequence[str] = ()) -> int:
         log.error("%s", e)
         return 1
     finally:
+        workers = getattr(app, "workers", None)
+        if workers is not None:
+            workers.terminate()  # normally all gone already; never leave one behind
         listeners.close()
         listeners.remove_socket_files()
+        await _close_store(app)  # no-op after a clean shutdown; releases the store on errors
         for path in pid_written:
             log.debug("Removing %s", path)
             try:
@@ -310,7 +324,7 @@ async def serve(app: Any, startup_warnings: Sequence[str] = ()) -> int:
                 pass
 
 
-async def _start_and_wait(app: Any, listeners: Listeners, stopping: _Stopping,
+async def _start_and_wait(app: Any, listeners: Listeners, stopping: Stopping,
                           startup_warnings: Sequence[str], pid_written: list[str]) -> int:
     config: Config = app.config
     # CHP's start-up lines, step 2 (reference 1.7)
@@ -347,26 +361,19 @@ async def _start_and_wait(app: Any, listeners: Listeners, stopping: _Stopping,
         log.info("Added HTTP to HTTPS redirection from %s to %s", redirect_port, _redirect_to(config))
 
     await stopping.first.wait()
-    await _shutdown(app, listeners, stopping)
+    await drain(app, listeners, stopping)
     return 0
 
 
 async def _load_routes(app: Any) -> None:
-    """Fill the table from a store that does not own it (third-party / shared stores)."""
-    from cfproxy.store.sync import load_table
-
-    start = getattr(app.store, "start", None)
-    if start is not None:
-        await start()  # shared stores (redis) connect, load the table and start syncing here
-    await load_table(app.store, app.table)
+    """Open the store and load every route into the table (before anything listens)."""
+    n = await app.sync.start()
+    if n:
+        log.info("Loaded %d route(s) from the route store", n)
 
 
 async def _add_default_route(app: Any, target: str) -> None:
-    from cfproxy.store.sync import mirror_add
-
-    data = {"target": target}
-    await app.store.add("/", dict(data))
-    mirror_add(app.store, app.table, "/", data)
+    await app.sync.add("/", {"target": target})
 
 
 def _redirect_to(config: Config) -> Any:
@@ -380,26 +387,31 @@ async def _open_listeners(app: Any, listeners: Listeners) -> int | None:
     public_scheme = "https" if tls.public is not None or config.public_tls else "http"
     api_scheme = "https" if tls.api is not None or config.api_tls else "http"
 
-    proxy_factory = _listener_factory("proxy", app)
-    if config.socket:
-        await listeners.open_unix(proxy_factory, config.socket, "--socket", ssl=tls.public)
+    if config.workers > 1:
+        from cfproxy.workers.primary import open_public_with_workers
+
+        proxy_addr = await open_public_with_workers(app, listeners)
+    elif config.socket:
+        await listeners.open_unix(listener_factory("proxy", app), config.socket, "--socket",
+                                  ssl=tls.public)
         proxy_addr = config.socket
     else:
-        await listeners.open_tcp(proxy_factory, config.ip, config.port, "--ip/--port", ssl=tls.public)
-        proxy_addr = _addr_text(config.port, config.ip)
+        await listeners.open_tcp(listener_factory("proxy", app), config.ip, config.port,
+                                 "--ip/--port", ssl=tls.public)
+        proxy_addr = addr_text(config.port, config.ip)
 
-    api_factory = _listener_factory("api", app)
+    api_factory = listener_factory("api", app)
     if config.api_socket:
         await listeners.open_unix(api_factory, config.api_socket, "--api-socket", ssl=tls.api)
         api_addr = config.api_socket
     else:
         await listeners.open_tcp(api_factory, config.api_ip, config.api_port,
                                  "--api-ip/--api-port", ssl=tls.api)
-        api_addr = _addr_text(config.api_port, config.api_ip)
+        api_addr = addr_text(config.api_port, config.api_ip)
 
     metrics_addr = None
     if config.metrics_enabled:
-        factory = _listener_factory("metrics", app)
+        factory = listener_factory("metrics", app)
         if factory is not None:
             if config.metrics_socket:
                 await listeners.open_unix(factory, config.metrics_socket, "--metrics-socket")
@@ -407,12 +419,12 @@ async def _open_listeners(app: Any, listeners: Listeners) -> int | None:
             else:
                 port = await listeners.open_tcp(factory, config.metrics_ip, config.metrics_port,
                                                 "--metrics-ip/--metrics-port")
-                metrics_addr = _addr_text(port, config.metrics_ip)
+                metrics_addr = addr_text(port, config.metrics_ip)
 
     # CHP: no redirect server on a Unix socket or when the public port is 80
     redirect_port = None
     if config.redirect_port is not None and not config.socket and config.port != 80:
-        factory = _listener_factory("redirect", app)
+        factory = listener_factory("redirect", app)
         if factory is not None:
             redirect_port = await listeners.open_tcp(
                 factory, "", config.redirect_port, "--redirect-port")
@@ -436,15 +448,15 @@ def _write_pid_file(path: str) -> None:
         raise ListenError(f"cannot write pid file {path} (--pid-file): {e.strerror}") from None
 
 
-class _Stopping:
+class Stopping:
     def __init__(self) -> None:
         self.first = asyncio.Event()  # first SIGINT/SIGTERM: drain
         self.again = asyncio.Event()  # another one: stop draining now
 
 
-def _install_signal_handlers(app: Any) -> _Stopping:
+def _install_signal_handlers(app: Any) -> Stopping:
     loop = asyncio.get_running_loop()
-    stopping = _Stopping()
+    stopping = Stopping()
 
     def on_stop(word: str) -> None:
         log.warning("%s", word)
@@ -458,6 +470,9 @@ def _install_signal_handlers(app: Any) -> _Stopping:
             app.tls.reload()
         except Exception as e:  # noqa: BLE001 - keep serving with the old certificates
             log.error("TLS reload failed, keeping the current certificates: %s", e)
+        workers = getattr(app, "workers", None)
+        if workers is not None:
+            workers.reload_tls()
 
     loop.add_signal_handler(signal.SIGINT, on_stop, "Interrupted")
     loop.add_signal_handler(signal.SIGTERM, on_stop, "Terminated")
@@ -465,11 +480,16 @@ def _install_signal_handlers(app: Any) -> _Stopping:
     return stopping
 
 
-async def _shutdown(app: Any, listeners: Listeners, stopping: _Stopping) -> None:
+async def drain(app: Any, listeners: Listeners, stopping: Stopping) -> None:
     """Stop accepting, let in-flight requests finish (bounded), then close everything."""
     app.shutting_down = True
     listeners.close()
     listeners.remove_socket_files()
+    workers = getattr(app, "workers", None)  # --workers N: the primary's supervisor
+    if workers is not None:
+        workers.start_drain()
+        await workers.gather_activity()  # what they saw goes into the store's last flush
+    await _close_store(app)  # flushed and released before the drain: a successor can open it
     for conn in list(app.connections):
         _call(conn, "close_when_idle")
     grace = app.config.shutdown_timeout / 1000.0
@@ -488,20 +508,21 @@ async def _shutdown(app: Any, listeners: Listeners, stopping: _Stopping) -> None
             transport = getattr(conn, "transport", None)
             if transport is not None:
                 transport.abort()
+    if workers is not None:
+        await workers.finish_drain(stopping, app.config.shutdown_timeout)
     for tunnel in list(app.tunnels):
         _call(tunnel, "close")
     upstreams = getattr(app, "upstreams", None)
     if upstreams is not None:
         _call(upstreams, "close")
-    store_close = getattr(app.store, "close", None)
-    if store_close is not None:
-        try:
-            res = store_close()
-            if asyncio.iscoroutine(res):
-                await asyncio.wait_for(res, timeout=2)
-        except Exception as e:  # noqa: BLE001
-            log.debug("store close: %s", e)
     await asyncio.sleep(0)  # let transports flush their close
+
+
+async def _close_store(app: Any) -> None:
+    try:
+        await asyncio.wait_for(app.sync.close(), timeout=5)
+    except Exception as e:  # noqa: BLE001 - shutting down regardless
+        log.warning("Closing the route store (--storage-backend) failed: %s", e)
 
 
 def _call(obj: Any, method: str) -> None:

@@ -1,5 +1,6 @@
 """GET /api/routes rendering from cached per-route fragments: byte for byte what rendering the
-whole dict with orjson gives, whatever changed since the last GET (sans I/O, in-process)."""
+whole dict with orjson gives, whatever changed since the last GET, and valid JSON whatever the
+routes hold (sans I/O, in-process)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cfproxy.api.handlers import (
-    _route_json,
+from cfproxy.api.render import (
     iso_ms,
     render_route_list,
     render_table_list,
     route_fragment,
 )
+from cfproxy.api.render import route_json as _route_json
 from cfproxy.routing.table import RouteTable
 from cfproxy.store.memory import MemoryStore
 
@@ -162,3 +163,53 @@ def test_whole_list_of_two_tables_never_mixes_them():
     for _ in range(2):
         assert render_table_list(a) == reference(a)
         assert render_table_list(b) == reference(b)
+
+
+# --- valid JSON for any data ------------------------------------------------------------------
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=8),
+    st.sampled_from(["2020-01-01T00:00:00.000Z", "2020-01-01T00:00:00.000", "x" * 25]),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+keys = st.one_of(st.sampled_from(["last_activity", "target", "x", "é", "\"}", ""]), st.text(max_size=6))
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                            st.dictionaries(keys, inner, max_size=3)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(datas=st.lists(st.dictionaries(keys, json_values, max_size=4), min_size=1, max_size=4),
+       moves=st.lists(timestamps, min_size=1, max_size=3))
+def test_the_list_is_valid_json_with_the_routes_data_whatever_it_holds(datas, moves):
+    """Nested and repeated last_activity keys, unicode, quotes, big numbers: the body parses,
+    and each route reads back as its data with last_activity set, after every activity move."""
+    table = RouteTable()
+    for i, data in enumerate(datas):
+        table.add(f"/r/{i}/\"last_activity\"", {**data, "target": T}, 1_700_000_000.0 + i)
+    for ts in moves:
+        for route in table:
+            route.last_activity = ts
+            body = render_table_list(table)
+            parsed = orjson.loads(body)
+            assert list(parsed) == [r.prefix for r in table]
+            for r in table:
+                expected = orjson.loads(orjson.dumps({**r.data, "last_activity": iso_ms(r.last_activity)}))
+                assert parsed[r.prefix] == expected
+
+
+def test_a_nested_last_activity_at_the_end_never_breaks_the_list():
+    """The old cache swapped the 24 bytes before the fragment's end when they followed
+    `,"last_activity":"`, which a nested object can also end with: the list lost a brace."""
+    table = RouteTable()
+    data = {"last_activity": "posted", "target": T, "o": {"x": 1, "last_activity": "2020-01-01T00:00:00.000"}}
+    route = table.add("/a", data, 1_700_000_000.0)
+    render_table_list(table)
+    route.last_activity = 1_800_000_000.0
+    parsed = orjson.loads(render_table_list(table))
+    assert parsed["/a"]["o"] == data["o"]
+    assert parsed["/a"]["last_activity"] == iso_ms(1_800_000_000.0)

@@ -499,11 +499,44 @@ def test_cli_error_is_raised_as_clierror_by_parse_args():
 CHP_BIN = os.environ.get("CFPROXY_CHP_BIN", "/tmp/chp/node_modules/.bin/configurable-http-proxy")
 
 
+# flags whose description says more than CHP's (what CHP does but does not say: Q25)
+REWORDED = ("--ssl-request-cert", "--api-ssl-request-cert")
+
+
+def _without_rows(lines: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Help lines without the rows (first line and continuations) of `flags`."""
+    out: list[str] = []
+    skipping = False
+    for line in lines:
+        if line.startswith("  -"):
+            skipping = line.split()[0] in flags
+        elif not line.startswith("   "):
+            skipping = False
+        if not skipping:
+            out.append(line)
+    return out
+
+
+def test_help_says_a_client_certificate_is_then_required():
+    text = run_cli("--help").stdout
+    for flag in REWORDED:
+        row = "\n".join(_rows_of(text, flag))
+        assert "without a valid certificate" in " ".join(row.split())
+        assert "refused" in row
+
+
+def _rows_of(text: str, flag: str) -> list[str]:
+    lines = text.splitlines()
+    keep = [ln for ln in lines if ln not in _without_rows(lines, (flag,))]
+    return keep
+
+
 @pytest.mark.skipif(not os.path.exists(CHP_BIN), reason="CHP 5.3.0 not installed")
 def test_help_is_chp_help_plus_our_flags():
     chp = subprocess.run([CHP_BIN, "--help"], capture_output=True, text=True, timeout=30).stdout
     ours = run_cli("--help").stdout
-    chp_lines, our_lines = chp.splitlines(), ours.splitlines()
+    chp_lines = _without_rows(chp.splitlines(), REWORDED)
+    our_lines = _without_rows(ours.splitlines(), REWORDED)
     help_line = chp_lines.pop()  # "-h, --help" comes last in both
     assert our_lines[-1] == help_line
     assert our_lines[:len(chp_lines)] == chp_lines

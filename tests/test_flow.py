@@ -123,3 +123,72 @@ def test_deadlines_of_one_loop_share_one_wheel_and_one_timer_per_slot():
     occupied, left = run(main())
     assert occupied <= 2  # 100 deadlines filed ~together share a slot (or two at a boundary)
     assert left == 0
+
+
+# ---------------------------------------------------------------- WriteFlow (rule 10)
+
+class _Answerer(asyncio.Protocol):
+    """Answers every received byte with ANSWER bytes, honouring WriteFlow."""
+
+    ANSWER = b"a" * 1000
+
+    def __init__(self, stats: dict) -> None:
+        from cfproxy.proxy.flow import ReadGate, WriteFlow
+
+        self.stats = stats
+        self.pending = 0
+        self._gate_cls, self._flow_cls = ReadGate, WriteFlow
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(high=64 * 1024)
+        self.flow = self._flow_cls(self._gate_cls(transport), self.drain)
+
+    def data_received(self, data):
+        self.stats["received"] += len(data)
+        self.pending += len(data)
+        self.drain()
+
+    def drain(self):
+        while self.pending and not self.flow.blocked:
+            self.pending -= 1
+            self.transport.write(self.ANSWER)
+            self.stats["answered"] += 1
+            self.stats["max_buffer"] = max(self.stats["max_buffer"],
+                                           self.transport.get_write_buffer_size())
+
+    def pause_writing(self):
+        self.flow.pause_writing()
+
+    def resume_writing(self):
+        self.flow.resume_writing()
+
+
+def test_write_flow_stops_reading_while_answers_are_unread_and_resumes_after():
+    async def main():
+        loop = asyncio.get_running_loop()
+        stats = {"received": 0, "answered": 0, "max_buffer": 0}
+        server = await loop.create_server(lambda: _Answerer(stats), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+        total = 200_000  # 200 MB of answers if nothing held the server back
+        writer.write(b"x" * total)
+        await asyncio.sleep(0.5)
+        # the server stopped reading: it buffered at most about one high-water mark of
+        # answers, and the requests it did not read stay in the kernel / our buffer
+        assert stats["max_buffer"] <= 64 * 1024 + 1000
+        assert stats["received"] < total
+        answered_while_unread = stats["answered"]
+        assert answered_while_unread < total
+        # reading the answers lets everything through
+        got = 0
+        while got < total * 1000:
+            chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
+            assert chunk
+            got += len(chunk)
+        assert stats["answered"] == total
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())

@@ -69,6 +69,19 @@ FAMILIES = [
     ("process_heap_bytes", "gauge", "Process heap size in bytes."),
     ("process_open_fds", "gauge", "Number of open file descriptors."),
     ("process_max_fds", "gauge", "Maximum number of open file descriptors."),
+    # prom-client's eventLoopLag families (names, types and HELP as CHP 5.3.0 prints them)
+    ("nodejs_eventloop_lag_seconds", "gauge", "Lag of event loop in seconds."),
+    ("nodejs_eventloop_lag_min_seconds", "gauge", "The minimum recorded event loop delay."),
+    ("nodejs_eventloop_lag_max_seconds", "gauge", "The maximum recorded event loop delay."),
+    ("nodejs_eventloop_lag_mean_seconds", "gauge", "The mean of the recorded event loop delays."),
+    ("nodejs_eventloop_lag_stddev_seconds", "gauge",
+     "The standard deviation of the recorded event loop delays."),
+    ("nodejs_eventloop_lag_p50_seconds", "gauge",
+     "The 50th percentile of the recorded event loop delays."),
+    ("nodejs_eventloop_lag_p90_seconds", "gauge",
+     "The 90th percentile of the recorded event loop delays."),
+    ("nodejs_eventloop_lag_p99_seconds", "gauge",
+     "The 99th percentile of the recorded event loop delays."),
     ("api_route_get", "counter", "Count of API route get requests"),
     ("api_route_add", "counter", "Count of API route add requests"),
     ("api_route_delete", "counter", "Count of API route delete requests"),
@@ -81,10 +94,12 @@ FAMILIES = [
     ("cfproxy_open_connections", "gauge", None),
     ("cfproxy_open_tunnels", "gauge", None),
     ("cfproxy_upstream_idle_connections", "gauge", None),
+    ("cfproxy_upstream_pooled_connections", "gauge", None),
     ("cfproxy_routes", "gauge", None),
     ("cfproxy_client_received_bytes_total", "counter", None),
     ("cfproxy_client_sent_bytes_total", "counter", None),
     ("cfproxy_request_duration_seconds", "histogram", None),
+    ("cfproxy_timeouts_total", "counter", None),
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -280,10 +280,15 @@ def test_leading_whitespace_in_transfer_encoding_value_is_ows_and_means_chunked(
 
 @pytest.mark.parametrize(
     "line",
-    [b"GET / HTTP/2.0", b"GET / HTTP/1.2", b"GET / HTTP/0.9", b"GET / HTTP/3.0", b"GET /"],
+    [b"GET / HTTP/2.0", b"GET / HTTP/1.2", b"GET / HTTP/0.9", b"GET / HTTP/3.0"],
 )
 def test_unsupported_http_version_is_rejected_with_505(line):
     rejects(req(b"Host: h", line=line), 505)
+
+
+def test_request_line_without_http_version_is_a_bad_request():
+    # issue 13: a client error (400, as Node's parser), not 505
+    assert "without HTTP version" in rejects(req(b"Host: h", line=b"GET /"), 400)
 
 
 def test_request_line_longer_than_limit_is_rejected_with_414():

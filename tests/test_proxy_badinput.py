@@ -40,6 +40,7 @@ REJECTIONS = [
     ("TE gzip", b"POST /rej HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
     ("TE identity", b"POST /rej HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n", 501),
     ("HTTP/2.0", b"GET /rej HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    ("no HTTP version", b"GET /rej\r\nHost: x\r\n\r\n", 400),  # issue 13: was 505
     ("long request line", b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
     ("huge head", b"GET /rej HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
 ]

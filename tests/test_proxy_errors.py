@@ -80,10 +80,11 @@ def test_error_is_counted_and_connection_stays_usable(proxy):
         assert c.read_response().status == 200
 
 
-def test_malformed_escape_is_500(proxy):
+def test_malformed_escape_is_400(proxy):
+    # Q26 fixed: a malformed percent-escape is the client's error (CHP answers 500)
     r = request(proxy.port, "GET", "/t1/%zz")
-    assert r.status == 500 and b"Proxy Error" in r.body
-    proxy.wait_for_output("500 GET /t1/%zz")
+    assert r.status == 400 and r.reason == "Bad Request" and b"Proxy Error" in r.body
+    proxy.wait_for_output("400 GET /t1/%zz")
 
 
 def test_no_route_logs_404_with_trailing_space(backend):
@@ -172,9 +173,9 @@ def test_error_target_404_copies_content_type_and_body(error_backend):
 
 def test_error_target_500_and_form_encoding(error_backend):
     with ProxyProcess("--error-target", error_backend.url + "/hub/error") as p:
-        r = request(p.port, "GET", "/%")
-        assert r.status == 500 and r.body == b"/%"
-        assert error_backend.requests[-1].url == "/hub/error/500?url=%2F%25"
+        r = request(p.port, "GET", "/%")  # a malformed escape: 400 (Q26; CHP 500)
+        assert r.status == 400 and r.body == b"/%"
+        assert error_backend.requests[-1].url == "/hub/error/400?url=%2F%25"
         r = request(p.port, "GET", "/no/route?a=b&c=%20d")
         assert error_backend.requests[-1].url == (
             "/hub/error/404?url=%2Fno%2Froute%3Fa%3Db%26c%3D%2520d")

@@ -1,11 +1,11 @@
-"""The client's response fast path behaves exactly like the general path.
+"""The proxy's fast paths (cfproxy/http/fastpath.py) behave exactly like the general path.
 
-client.py answers the dominant exchange (HTTP/1.1 client without Connection, 2xx
-Content-Length response without Connection / Transfer-Encoding) from one regex match
-instead of building a ResponseHead. These tests drive ClientProtocol in process with
-fake transports over many request/response shapes, once with the fast path and once
-with it switched off (its regex replaced by one that never matches), and require the
-same bytes to the client, the same counters, the same connection reuse and closing.
+client.py decides the dominant exchange (HTTP/1.1 client without Connection, a 2xx
+response framed by Content-Length or chunked, with no Connection or keep-alive) with
+fastpath.response_shape instead of building a ResponseHead. These tests drive
+ClientProtocol in process with fake transports over many request/response shapes, once
+with the fast path and once with it switched off, and require the same bytes to the
+client, the same counters, the same connection reuse and closing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from cfproxy.app import App
 from cfproxy.config import Config
-from cfproxy.http import parser
+from cfproxy.http import fastpath, parser
 from cfproxy.proxy import client as client_mod
 from cfproxy.proxy import headers as headers_mod
 from cfproxy.proxy.client import make_client_protocol_factory
@@ -57,19 +57,11 @@ class FakeTransport:
 
 
 NEVER = re.compile(rb"(?!)")
-ORIG_FAST = client_mod._fast_response_re
+ORIG_SHAPE = fastpath.response_shape
 
 
-class CountingRegex:
-    """The fast-path regex, counting the heads it accepted."""
-
-    def __init__(self) -> None:
-        self.hits = 0
-
-    def fullmatch(self, *args):
-        m = ORIG_FAST.fullmatch(*args)
-        self.hits += m is not None
-        return m
+def _no_shape(head):
+    return None
 
 REQUESTS = [
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -122,10 +114,9 @@ def _splits(head: bytes, body: bytes) -> list[list[bytes]]:
     return out
 
 
-async def _exchange(config: Config, request: bytes, pieces: list[bytes], regex, memo: dict,
+async def _exchange(config: Config, request: bytes, pieces: list[bytes], shape,
                     monkeypatch) -> tuple:
-    monkeypatch.setattr(client_mod, "_fast_response_re", regex)
-    monkeypatch.setattr(client_mod, "FAST_RESPONSES", memo)
+    monkeypatch.setattr(client_mod, "response_shape", shape)
     # a fixed Date: the two runs of a case may straddle a second boundary
     monkeypatch.setattr(client_mod, "date_header", lambda: b"Date: fixed\r\n")
     monkeypatch.setattr(headers_mod, "date_header", lambda: b"Date: fixed\r\n")
@@ -155,34 +146,51 @@ async def _exchange(config: Config, request: bytes, pieces: list[bytes], regex, 
 
 
 
-@pytest.mark.parametrize("config", [Config(), Config(auto_rewrite=True)], ids=["plain", "rewrite"])
-def test_fast_response_path_matches_general_path_for_every_shape(config, monkeypatch):
-    counting = CountingRegex()
-    memo: dict = {}  # the fast runs share one memo of decided heads, as the proxy does
+# the heads of RESPONSES response_shape decides (the rest are look-alikes)
+FAST_SHAPES = [0, 1, 2, 3, 4, 5, 6, 8, 10, 13]
+
+
+@pytest.fixture
+def fresh_memos():
+    """Fast paths on, every memo empty (restored to the environment's switch after)."""
+    fastpath.set_enabled(True)
+    yield
+    fastpath.set_enabled(fastpath._env_enabled())
+
+
+@pytest.mark.parametrize("config", [Config(fast_paths=True), Config(fast_paths=True, auto_rewrite=True)],
+                         ids=["plain", "rewrite"])
+def test_fast_response_path_matches_general_path_for_every_shape(config, fresh_memos, monkeypatch):
+    decided = []
+
+    def counting(head):
+        shape = ORIG_SHAPE(head)
+        if shape is not None and head not in decided:
+            decided.append(head)
+        return shape
 
     async def run() -> None:
         for request in REQUESTS:
             for head, body in RESPONSES:
                 for pieces in _splits(head, body):
-                    a = await _exchange(config, request, pieces, counting, memo, monkeypatch)
-                    b = await _exchange(config, request, pieces, NEVER, {}, monkeypatch)
+                    a = await _exchange(config, request, pieces, counting, monkeypatch)
+                    b = await _exchange(config, request, pieces, _no_shape, monkeypatch)
                     assert a == b, (request, pieces)
 
     asyncio.run(run())
-    # the fast shapes really were exercised (a fast path never taken would pass too):
-    # each accepted head matched once, then came from the memo
-    accepted = {h for h, _ in RESPONSES[:9]}
-    assert set(memo) == accepted
-    assert counting.hits == len(accepted)
+    # the fast shapes really were exercised (a fast path never taken would pass too)
+    accepted = {RESPONSES[i][0] for i in FAST_SHAPES}
+    assert set(decided) == accepted
+    assert set(fastpath.RESPONSE_SHAPES.cur) | set(fastpath.RESPONSE_SHAPES.prev) == accepted
 
 
-def test_fast_response_regex_accepts_only_plain_2xx_length_heads():
-    fast = ORIG_FAST
-    accepted = [h for h, _ in RESPONSES if fast.fullmatch(h) is not None]
-    assert accepted == [h for h, _ in RESPONSES[:9]]
-    m = fast.fullmatch(RESPONSES[2][0])
-    assert m.groups() == (b"200", None, b"13", b"date")
-    assert fast.fullmatch(RESPONSES[4][0]).groups() == (b"200", None, b"13", None)
+def test_response_shape_accepts_only_framed_keep_alive_2xx_heads(fresh_memos):
+    accepted = [i for i, (h, _) in enumerate(RESPONSES) if ORIG_SHAPE(h) is not None]
+    assert accepted == FAST_SHAPES
+    assert ORIG_SHAPE(RESPONSES[2][0]) == (200, 13, True, fastpath.KEEP_ALIVE_TAIL)
+    assert ORIG_SHAPE(RESPONSES[4][0]) == (200, 13, False, fastpath.KEEP_ALIVE_TAIL)
+    assert ORIG_SHAPE(RESPONSES[10][0]) == (200, 13, False, fastpath.CRLF)
+    assert ORIG_SHAPE(RESPONSES[13][0]) == (200, -1, False, fastpath.KEEP_ALIVE_TAIL)
 
 
 # --- parse_request_head's fast match ---------------------------------------------------
@@ -226,45 +234,44 @@ def _parse_outcome(head: bytes) -> tuple:
             req.raw, n)
 
 
-def test_fast_request_match_gives_the_general_parse_for_every_head(monkeypatch):
-    monkeypatch.setattr(parser, "_fast_heads", {})
+def test_fast_request_match_gives_the_general_parse_for_every_head(fresh_memos):
     fast = [_parse_outcome(h) for h in REQUEST_HEADS]
     again = [_parse_outcome(bytes(bytearray(h))) for h in REQUEST_HEADS]  # from the memo
-    assert len(parser._fast_heads) == 6  # the five plain heads + the one after a CRLF
+    assert len(fastpath.REQUEST_HEADS) == 6  # the five plain heads + the one after a CRLF
     assert again == fast
-    monkeypatch.setattr(parser, "_fast_heads", {})
-    monkeypatch.setattr(parser, "_fast_request_re", NEVER)
+    fastpath.set_enabled(False)
     general = [_parse_outcome(h) for h in REQUEST_HEADS]
     for head, a, b in zip(REQUEST_HEADS, fast, general, strict=True):
         assert a == b, head
 
 
-def test_fast_request_match_takes_exactly_the_plain_get_and_head_requests():
-    took = [parser._fast_request_re.fullmatch(h) is not None for h in REQUEST_HEADS]
+def test_fast_request_match_takes_exactly_the_plain_get_and_head_requests(fresh_memos):
+    took = [fastpath.request_fields(h) is not None for h in REQUEST_HEADS]
     assert took == [True] * 5 + [False] * (len(REQUEST_HEADS) - 5)
-    m = parser._fast_request_re.fullmatch(REQUEST_HEADS[1])
-    assert m.groups() == (b"HEAD", b"/a?b=%20", b"Example.org:8080")
+    assert fastpath.request_fields(REQUEST_HEADS[1]) == (b"HEAD", b"/a?b=%20", b"Example.org:8080")
 
 
-def test_remembered_heads_stay_bounded_and_keep_the_hot_ones(monkeypatch):
-    monkeypatch.setattr(parser, "_fast_heads", {})
+def test_remembered_heads_stay_bounded_and_keep_the_hot_ones(fresh_memos):
+    memo = fastpath.REQUEST_HEADS
     hot = b"GET /hot HTTP/1.1\r\nHost: a\r\n\r\n"
     first, _ = parser.parse_request_head(hot, 64 * 1024)
-    for i in range(3 * parser._FAST_HEADS_MAX):
+    for i in range(3 * memo.size):
         req, _ = parser.parse_request_head(b"GET /u/%d HTTP/1.1\r\nHost: a\r\n\r\n" % i, 64 * 1024)
         assert req.target == b"/u/%d" % i
-    assert len(parser._fast_heads) == parser._FAST_HEADS_MAX
-    assert parser.parse_request_head(bytes(bytearray(hot)), 64 * 1024)[0] is first
+        if i % 200 == 0:  # the hot head is used now and then: it stays remembered
+            assert parser.parse_request_head(bytes(bytearray(hot)), 64 * 1024)[0] is first
+    assert len(memo) <= memo.size
+    assert (b"GET /u/%d HTTP/1.1\r\nHost: a\r\n\r\n" % (3 * memo.size - 1)) in memo  # still learning
     big = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: " + b"c" * 2000 + b"\r\n\r\n"
     assert parser.parse_request_head(big, 64 * 1024)[0].raw == big
-    assert big not in parser._fast_heads
+    assert big not in memo
 
 
 # --- a connection repeating its previous request ---------------------------------------
 
-def test_repeated_request_reuses_the_forwarded_head_until_the_table_changes(monkeypatch):
+def test_repeated_request_reuses_the_forwarded_head_until_the_table_changes(fresh_memos, monkeypatch):
     async def run() -> list:
-        app = App(Config())
+        app = App(Config(fast_paths=True))
         app.table.add("/", {"target": "http://127.0.0.1:9"})
         proto = make_client_protocol_factory(app)()
         ct = FakeTransport()
@@ -294,3 +301,36 @@ def test_repeated_request_reuses_the_forwarded_head_until_the_table_changes(monk
     assert sent[0] == sent[1] == sent[2] and sent[3] == sent[4] == sent[5]
     assert sent[0].startswith(b"GET /p HTTP/1.1\r\n")
     assert sent[3].startswith(b"GET /sub/p HTTP/1.1\r\n")
+
+
+# --- the one memo policy ----------------------------------------------------------------
+
+def test_bounded_cache_keeps_learning_after_it_is_full(fresh_memos):
+    cache = fastpath.BoundedCache(100)
+    for i in range(1000):
+        cache.put(i, str(i))
+        assert cache.get(i) == str(i)  # a new key always enters
+        assert len(cache) <= 100
+    assert cache.get(0) is None  # old keys left
+
+
+def test_a_flood_of_unique_keys_does_not_evict_a_key_in_use(fresh_memos):
+    cache = fastpath.BoundedCache(100)
+    cache.put("hot", 1)
+    for i in range(10_000):  # one client's unique keys
+        cache.put(("flood", i), i)
+        if i % 40 == 0:  # the hot key is used once per 40 insertions (< size / 2)
+            assert cache.get("hot") == 1
+    assert cache.get("hot") == 1
+
+
+def test_bounded_cache_remembers_nothing_with_the_fast_paths_off(fresh_memos):
+    cache = fastpath.BoundedCache(100)
+    cache.put("a", 1)
+    fastpath.set_enabled(False)
+    assert cache.get("a") is None
+    cache.put("b", 2)
+    assert cache.get("b") is None and len(cache) == 0
+    fastpath.set_enabled(True)
+    cache.put("b", 2)
+    assert cache.get("b") == 2

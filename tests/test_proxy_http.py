@@ -196,9 +196,20 @@ def test_connection_keep_alive_added_only_when_client_sent_none(proxy):
     d = echo(request(proxy.port, "GET", "/h"))
     assert ["Connection", "keep-alive"] in d["headers"]
     with RawConn(proxy.port) as c:
-        c.send(build_request("GET", "/h", [("Connection", "close")]))
+        c.send(build_request("GET", "/h", [("Connection", "keep-alive, x-hop")]))
         d = c.read_response().json()
-    assert [v for k, v in d["headers"] if k.lower() == "connection"] == ["close"]
+    assert [v for k, v in d["headers"] if k.lower() == "connection"] == ["keep-alive, x-hop"]
+
+
+def test_a_clients_connection_close_is_not_forwarded(proxy):
+    # Q23: it ends the client hop only; the target sees keep-alive, the client's
+    # connection closes after the answer
+    with RawConn(proxy.port) as c:
+        c.send(build_request("GET", "/h", [("Connection", "close")]))
+        r = c.read_response()
+        assert r.header("connection") == "close" and c.closed_by_peer()
+    d = r.json()
+    assert [v for k, v in d["headers"] if k.lower() == "connection"] == ["keep-alive"]
 
 
 def test_delete_and_options_without_body_get_content_length_zero(proxy):

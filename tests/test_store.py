@@ -18,7 +18,7 @@ from cfproxy.routing.table import RouteTable
 from cfproxy.routing.trie import URLTrie
 from cfproxy.store import MemoryStore, RouteStore, StoreLoadError, clean_path, load_store
 from cfproxy.store.base import to_timestamp
-from cfproxy.store.sync import load_table, mirror_add, mirror_remove
+from cfproxy.store.sync import StoreSync, load_routes_into
 
 T = "http://127.0.0.1:9000"
 
@@ -186,7 +186,7 @@ def test_memory_store_writes_are_visible_to_the_table_at_once():
     async def go():
         table = RouteTable()
         store = MemoryStore(table)
-        assert store.owns_table
+        assert not store.keeps_activity  # the table is the store
         await store.add("/user/x/", {"target": T})
         assert table.longest_match("/user/x/lab").prefix == "/user/x"
         await store.remove("/user/x")
@@ -261,7 +261,7 @@ def test_load_store_defaults_to_a_memory_store_over_the_given_table():
 def test_load_store_imports_a_class_path_and_passes_config_and_table(spec):
     store = load_store(Config(storage_backend=spec), RouteTable())
     assert type(store).__name__ == "DictStore"
-    assert not store.owns_table
+    assert store.keeps_activity
 
 
 def test_load_store_memory_store_by_path_shares_the_table():
@@ -289,38 +289,73 @@ def test_load_store_failures_name_the_flag_and_the_problem(spec, words):
         assert w in msg
 
 
-# --- mirroring into the table --------------------------------------------------------------
+# --- StoreSync: the store first, the table once it acknowledged ---------------------------------
 
-def test_mirror_applies_writes_of_a_store_that_does_not_own_the_table():
-    table = RouteTable()
-    store = DictStore()
-    mirror_add(store, table, "/a", {"target": T, "last_activity": 100.0})
-    assert table.get("/a").last_activity == 100.0
-    assert "last_activity" not in table.get("/a").data
-    mirror_add(store, table, "/bad", {"target": "gopher://x"})  # skipped, warned
-    assert table.get("/bad") is None
-    mirror_remove(store, table, "/a")
-    assert len(table) == 0
-
-
-def test_mirror_is_a_no_op_for_the_memory_store():
-    table = RouteTable()
-    store = MemoryStore(table)
-    mirror_add(store, table, "/a", {"target": T})
-    assert len(table) == 0  # the memory store writes the table itself
-    table.add("/b", {"target": T})
-    mirror_remove(store, table, "/b")
-    assert len(table) == 1
+def test_sync_writes_a_third_party_store_then_the_table():
+    async def go():
+        table, store = RouteTable(), DictStore()
+        sync = StoreSync(store, table)
+        route = await sync.add("/a/", {"target": T}, 100.0)
+        assert route is table.get("/a") and route.last_activity == 100.0
+        assert store.routes["/a"]["target"] == T
+        assert to_timestamp(store.routes["/a"]["last_activity"]) == 100.0  # CHP's add + update
+        assert store.calls == ["add /a", "update /a"]
+        assert await sync.remove("/a") is True
+        assert len(table) == 0 and store.routes == {}
+        assert await sync.remove("/a") is False
+    run(go())
 
 
-def test_load_table_replaces_the_table_with_the_store_routes():
+def test_sync_leaves_the_table_alone_when_the_store_refuses():
+    async def go():
+        table, store = RouteTable(), FailingStore()
+        sync = StoreSync(store, table)
+        with pytest.raises(RuntimeError):
+            await sync.add("/x", {"target": T})
+        assert len(table) == 0
+    run(go())
+
+
+def test_sync_with_the_memory_store_keeps_one_copy():
+    async def go():
+        table = RouteTable()
+        store = MemoryStore(table)
+        sync = StoreSync(store, table)
+        await sync.add("/a", {"target": T})
+        assert [r.prefix for r in table] == ["/a"]
+        assert await store.get("/a") is not None  # the table is the store
+        assert await sync.remove("/a") is True and len(table) == 0
+    run(go())
+
+
+def test_load_routes_into_fills_the_table_and_skips_unroutable_targets():
     async def go():
         store = DictStore()
         await store.add("/one", {"target": T, "last_activity": datetime(2020, 1, 1, tzinfo=timezone.utc)})
         await store.add("/two", {"target": "not a url"})
         table = RouteTable()
-        table.add("/stale", {"target": T})
-        assert await load_table(store, table) == 1
+        assert await load_routes_into(store, table) == 1
         assert [r.prefix for r in table] == ["/one"]
         assert table.get("/one").last_activity == 1577836800.0
+        assert "last_activity" not in table.get("/one").data
+    run(go())
+
+
+def test_sync_flushes_moved_activity_once_and_applies_feed_activity_as_the_maximum():
+    async def go():
+        table, store = RouteTable(), DictStore()
+        sync = StoreSync(store, table)
+        await sync.add("/a", {"target": T}, 100.0)
+        await sync.add("/b", {"target": T}, 100.0)
+        assert await sync.flush() == 0
+        table.get("/a").last_activity = 150.0
+        assert await sync.flush() == 1
+        assert to_timestamp(store.routes["/a"]["last_activity"]) == 150.0
+        assert await sync.flush() == 0
+        from cfproxy.store.base import RouteChange
+        sync.apply(RouteChange("activity", activity={"/a": 120.0, "/b": 200.0}))
+        assert table.get("/a").last_activity == 150.0 and table.get("/b").last_activity == 200.0
+        assert await sync.flush() == 0  # the store reported it: nothing to send back
+        sync.note_activity({"/a": 300.0})  # seen by another process: saved at the next flush
+        assert await sync.flush() == 1
     run(go())

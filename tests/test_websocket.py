@@ -296,13 +296,20 @@ def test_upgrade_headers_are_forwarded_with_ws_x_forwarded_and_custom_headers(ws
 
 def test_missing_route_answers_raw_404_and_closes_the_socket(bare_proxy):
     got, closed = raw_exchange(bare_proxy.port, UPGRADE % b"/nowhere")
-    assert got == b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n"
+    assert got == b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"  # Q24: with reason
     assert closed, "Q13 fix: the socket must be closed after the raw 404"
+
+
+def test_malformed_escape_in_an_upgrade_path_answers_400_with_its_reason(bare_proxy):
+    # Q26 + Q24: a client error, and a status line standard WebSocket clients accept
+    got, closed = raw_exchange(bare_proxy.port, UPGRADE % b"/dead/%zz")
+    assert got == b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+    assert closed
 
 
 def test_dead_target_answers_raw_503_and_closes_the_socket(bare_proxy):
     got, closed = raw_exchange(bare_proxy.port, UPGRADE % b"/dead/ws")
-    assert got == b"HTTP/1.1 503\r\nContent-Length: 0\r\n\r\n"
+    assert got == b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
     assert closed
 
 

@@ -206,4 +206,4 @@ def test_upgrade_to_another_protocol_without_a_route_answers_raw_404(echo_backen
     with ProxyProcess() as p, _connect(p) as s:
         s.sendall(b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
                   b"Upgrade: echo-proto\r\n\r\n")
-        assert _read_to_close(s) == b"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n"
+        assert _read_to_close(s) == b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"

@@ -7,7 +7,12 @@ Owns the wire side of the API (api/handlers.py owns what the answers are):
   is accepted); Content-Length and chunked bodies are framed here;
 - one request at a time per connection; pipelined requests wait in our buffer
   (reading pauses when more than ~1 MiB is waiting) and are answered in
-  order; keep-alive with `Keep-Alive: timeout=5` like Node, idle connections
+  order;
+- backpressure (DESIGN rule 10): while the connection's write buffer is above
+  its high-water mark, reading stops and buffered requests wait (`WriteFlow`);
+  so a client that pipelines requests and never reads its answers costs one
+  write buffer, not a queue of answers. Every hold is released when its cause
+  ends (the answer drained, the handler finished, the connection lingers); keep-alive with `Keep-Alive: timeout=5` like Node, idle connections
   closed after 5 s, a request that takes longer than --header-timeout to
   arrive is dropped; HTTP/1.0 and `Connection: close` requests are answered,
   then the connection is closed;
@@ -48,6 +53,7 @@ from cfproxy.api.handlers import ApiResponse, Prepared, fail, preflight
 from cfproxy.config import API_MAX_BODY_SIZE
 from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head
 from cfproxy.log import log
+from cfproxy.proxy.flow import QUEUED, ReadGate, WriteFlow
 from cfproxy.tls import transport_is_tls
 
 KEEP_ALIVE_S = 5.0  # Node's default, independent of --keep-alive-timeout (reference 2.1)
@@ -195,7 +201,8 @@ class ApiProtocol(asyncio.Protocol):
         self.buf = bytearray()  # received, not yet consumed
         self.timer: asyncio.TimerHandle | None = None
         self.deadline: float | None = None  # loop.time() when the connection times out
-        self.paused = False  # reading paused while pipelined bytes wait
+        self.gate: ReadGate | None = None  # holds reading: QUEUED (pipelined bytes wait
+        self.flow: WriteFlow | None = None  # behind a running handler), OWN_WRITES (flow)
         self.lingering = False  # answered and half-closed; discarding input
         self.closed = False
         self.eof = False  # the client half-closed
@@ -218,6 +225,8 @@ class ApiProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()  # once: each lookup is a getpid() syscall on 3.11
         self.peer = transport.get_extra_info("peername")
+        self.gate = ReadGate(self.transport)
+        self.flow = WriteFlow(self.gate, self._on_drain)
         self.connections.add(self)
         self._arm(self.header_timeout)
 
@@ -226,9 +235,8 @@ class ApiProtocol(asyncio.Protocol):
             return
         self.buf += data
         if self.task is not None:  # busy: buffer the next request, bounded
-            if len(self.buf) > MAX_PIPELINED and not self.paused:
-                self.paused = True
-                self.transport.pause_reading()
+            if len(self.buf) > MAX_PIPELINED:
+                self.gate.hold(QUEUED)
             return
         if not self.request_started:
             self.request_started = True
@@ -241,10 +249,21 @@ class ApiProtocol(asyncio.Protocol):
             return None
         self.eof = True
         if self.task is None:
-            self._process()
+            self._process()  # (a no-op while our answers back up; _on_drain goes on)
         # keep the write side open for a response in progress; TLS transports cannot
         # half-close, and asyncio warns on stderr when asked to
         return not transport_is_tls(self.transport)
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+
+    def _on_drain(self) -> None:
+        """Our answers drained below the low-water mark: go on with buffered requests."""
+        if not self.closed and not self.lingering and self.task is None:
+            self._process()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -263,9 +282,12 @@ class ApiProtocol(asyncio.Protocol):
 
     # --- request processing ------------------------------------------------
     def _process(self) -> None:
-        """Consume buffered bytes until more are needed or a handler is running."""
+        """Consume buffered bytes until more are needed, a handler is running, or our
+        answers back up (the client does not read them)."""
         buf = self.buf
-        while not self.closed and not self.lingering and self.task is None:
+        flow = self.flow
+        while not self.closed and not self.lingering and self.task is None \
+                and not flow.blocked:
             state = self.state
             if state == _HEAD:
                 if not buf:
@@ -438,6 +460,8 @@ class ApiProtocol(asyncio.Protocol):
         head = line + b"date: " + _http_date() + b"\r\n"
         if response.content_type:
             head += b"content-type: " + response.content_type.encode() + b"\r\n"
+        if response.extra_headers:
+            head += response.extra_headers
         if status != 204 and status >= 200:
             head += b"content-length: %d\r\n" % len(body)
         if close:
@@ -475,9 +499,7 @@ class ApiProtocol(asyncio.Protocol):
         self.log_path = ""
         self.request_started = bool(self.buf) or self.eof
         self._arm(self.header_timeout if self.request_started else KEEP_ALIVE_S)
-        if self.paused:
-            self.paused = False
-            self.transport.resume_reading()
+        self.gate.release(QUEUED)
 
     # --- closing and timers ------------------------------------------------
     def _close(self, linger: bool = False) -> None:
@@ -487,9 +509,7 @@ class ApiProtocol(asyncio.Protocol):
         if linger and not self.lingering and not self.eof and transport.can_write_eof():
             self.lingering = True
             self.buf.clear()
-            if self.paused:
-                self.paused = False
-                transport.resume_reading()
+            self.gate.release_all()  # what still comes is read and dropped
             try:
                 transport.write_eof()
             except (OSError, RuntimeError):
@@ -537,6 +557,9 @@ class ApiProtocol(asyncio.Protocol):
     def _on_timeout(self) -> None:
         if self.task is not None:
             return
+        if not self.lingering:
+            busy = self.request_started or self.prepared is not None
+            self.app.metrics.timeouts["api_header" if busy else "api_keep_alive"] += 1
         self._close()
 
 

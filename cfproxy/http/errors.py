@@ -20,21 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from http import HTTPStatus
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
+from cfproxy.http.status import reason, status_line
 from cfproxy.log import debug_enabled, log
 
 BUILTIN_DIR = os.path.join(os.path.dirname(__file__), "error_pages")
 ERROR_PAGE_MAX = 4 * 1024 * 1024  # an error page larger than this is cut (not buffered whole)
 ERROR_TARGET_TIMEOUT = 30.0  # seconds for the whole error-target exchange
-
-
-def reason(code: int) -> str:
-    try:
-        return HTTPStatus(code).phrase
-    except ValueError:
-        return "Unknown"
 
 
 def form_encode(value: str) -> str:
@@ -45,7 +38,7 @@ def form_encode(value: str) -> str:
 def response_bytes(code: int, headers: list[tuple[bytes, bytes]], body: bytes,
                    keep_alive: bool, keep_alive_timeout_s: int, date: bytes) -> bytes:
     """A complete HTTP/1.1 response the proxy generated (Content-Length framed)."""
-    out = [b"HTTP/1.1 %d %s\r\n" % (code, reason(code).encode())]
+    out = [status_line(code)]
     for n, v in headers:
         out += (n, b": ", v, b"\r\n")
     out.append(date)

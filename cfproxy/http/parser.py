@@ -27,7 +27,8 @@ except the first:
 * Content-Length must be a single header with a single value (identical
   duplicates are rejected, reference 4.3 cfproxy note); CL + TE is rejected.
 * Transfer-Encoding in an HTTP/1.0 request is rejected (RFC 9112 6.1).
-* HTTP versions other than 1.0 and 1.1 get 505.
+* HTTP versions other than 1.0 and 1.1 get 505; a request line without a
+  version (HTTP/0.9 style) gets 400, as Node's parser answers it.
 * the request-target must start with "/", be "*", or start with
   "scheme://" (what Node's parser, hence CHP, accepts; others get 400).
 * ``CONNECT`` gets 501: we do not tunnel CONNECT (CHP closes without an
@@ -52,30 +53,39 @@ Statuses raised by parse_request_head:
 431    the head is larger than ``max_size``
 414    the request line alone is longer than ``max_size``
 501    Transfer-Encoding other than a single ``chunked``; ``CONNECT``
-505    HTTP version other than 1.0 / 1.1 (including HTTP/0.9 style lines)
+505    HTTP version other than 1.0 / 1.1
 =====  ==========================================================================
 
-Speed: this runs once per request on the hot path (DESIGN.md: ~28 us for
-everything a request costs). A whole head is validated with one
-``re.fullmatch`` (in C); the fields that affect framing are then picked out
-with one case-insensitive ``findall`` (a field name only ever follows CRLF and
-a value cannot hold CR), and the other field lines are split only when someone
-asks for ``headers`` (the proxy forwards ``raw`` and never does). Measured
-with timeit on this machine (Python 3.11, same run, other load present): the
-11-field, 525-byte browser GET 5.8 us with the earlier per-line loop, 4.1
-us now; wrk's 1-field GET 1.8 -> 1.3 us. h11 (Connection.receive_data +
-next_event) takes 30-35 us on the browser head. What remains is mostly the
-fixed cost of the regex calls (~0.15 us each) and building the head object.
-The dominant request (HTTP/1.1 GET/HEAD, one Host, no framing or connection
-fields) is decided by one match, ``_fast_request_re`` (~0.5 us: its per-line
-look-ahead is not cheap), and its RequestHead is remembered per head bytes
-(``_fast_heads``, bounded), so a repeated head costs one hash and compare.
-RequestHeads are therefore shared and must not be modified by callers.
+Speed: this runs once per request on the hot path. A whole head is validated
+with one ``re.fullmatch`` (in C); the fields that affect framing are then picked
+out with one case-insensitive ``findall`` (a field name only ever follows CRLF
+and a value cannot hold CR), and the other field lines are split only when
+someone asks for ``headers`` (the proxy forwards ``raw`` and never does). The
+dominant request is decided by its twin in fastpath.py and remembered per head
+bytes, so RequestHeads are shared and must not be modified by callers. The
+measurements behind these choices are in benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import re
+
+from cfproxy.http import fastpath
+from cfproxy.http.fastpath import REQUEST_HEAD_MEMO_MAX, REQUEST_HEADS, VALID_HOSTS
+from cfproxy.http.grammar import (
+    CHUNK_HEADER,
+    CONTENT_LENGTH,
+    FIELD_LINE,
+    FIELD_LINES,
+    HOST,
+    LENIENT_FIELD_LINES,
+    REQUEST_LINE,
+    REQUEST_TARGET,
+    SIMPLE_REQUEST_LINE,
+    STATUS_LINE,
+    TOKEN,
+    TRAILER_LINE,
+)
 
 __all__ = [
     "HTTPError",
@@ -101,120 +111,6 @@ class HTTPError(Exception):
         return f"{self.status} {self.message}"
 
 
-# ---------------------------------------------------------------------------
-# Grammar (RFC 9110 / RFC 9112), one named rule per item, as in h11/_abnf.py.
-# Patterns are bytes; character classes are written out so each can be checked
-# against the RFC text quoted above it.
-# ---------------------------------------------------------------------------
-
-# RFC 9110 5.6.2
-#   token          = 1*tchar
-#   tchar          = "!" / "#" / "$" / "%" / "&" / "'" / "*"
-#                  / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~"
-#                  / DIGIT / ALPHA
-#                  ; any VCHAR, except delimiters
-TCHAR = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]"
-TOKEN = TCHAR + rb"+"
-
-# RFC 9110 5.6.3
-#   OWS            = *( SP / HTAB )
-OWS = rb"[ \t]*"
-
-# RFC 9110 5.5
-#   field-value    = *field-content
-#   field-content  = field-vchar [ 1*( SP / HTAB / field-vchar ) field-vchar ]
-#   field-vchar    = VCHAR / obs-text
-#   obs-text       = %x80-FF
-# RFC 5234 B.1:  VCHAR = %x21-7E
-# Leading/trailing OWS is allowed around the value by the field-line rule, so
-# one class for the whole value-with-OWS is: HTAB / SP / VCHAR / obs-text.
-# Everything else (NUL, CR, LF, the other CTLs, DEL) is invalid.
-FIELD_VALUE_CHAR = rb"[\t\x20-\x7e\x80-\xff]"
-# Responses: lenient like real clients, only NUL, CR and LF are fatal
-# (RFC 9110 5.5: "a recipient of CR, LF, or NUL within a field value MUST
-# either reject the message or replace each of those characters with SP").
-LENIENT_FIELD_VALUE_CHAR = rb"[^\x00\r\n]"
-
-# RFC 9112 5
-#   field-line     = field-name ":" OWS field-value OWS
-#   field-name     = token            (RFC 9110 5.1)
-# RFC 9112 5.1: "No whitespace is allowed between the field name and colon ...
-#   A server MUST reject, with a response status code of 400 (Bad Request),
-#   any received request message that contains whitespace between a header
-#   field name and colon."
-# RFC 9112 5.2: obs-fold (a line starting with SP / HTAB) - a server MUST
-#   either reject or replace with SP; we reject (the line does not start with
-#   a tchar, so it fails FIELD_LINE).
-FIELD_LINE = TOKEN + rb":" + FIELD_VALUE_CHAR + rb"*"
-LENIENT_FIELD_LINE = TOKEN + rb":" + LENIENT_FIELD_VALUE_CHAR + rb"*"
-
-# RFC 9112 2.1
-#   HTTP-message   = start-line CRLF *( field-line CRLF ) CRLF [ message-body ]
-# RFC 9112 2.2: "a recipient MUST NOT ... accept a bare CR"; bare LF "MAY" be
-#   accepted - we do not: every line ends in CRLF.
-FIELD_LINES = rb"(?:" + FIELD_LINE + rb"\r\n)*"
-LENIENT_FIELD_LINES = rb"(?:" + LENIENT_FIELD_LINE + rb"\r\n)*"
-
-# RFC 9112 3
-#   request-line   = method SP request-target SP HTTP-version
-#   method         = token
-# RFC 9112 3.2
-#   request-target = origin-form / absolute-form / authority-form / asterisk-form
-#   origin-form    = absolute-path [ "?" query ]
-#   absolute-form  = absolute-URI
-#   asterisk-form  = "*"
-# (authority-form is CONNECT only, and CONNECT gets 501 before this matters.)
-# Every form is made of visible characters (as h11: raw space, CTLs and
-# non-ASCII are refused), and like Node's parser (so CHP) we take only a
-# target that starts with "/", is "*", or starts with "scheme://": "foo",
-# "a:b", "http:/x", "\\a" and "?q" get 400 as they do from CHP.
-# RFC 9112 2.3
-#   HTTP-version   = HTTP-name "/" DIGIT "." DIGIT
-#   HTTP-name      = %s"HTTP"
-VCHAR = rb"[\x21-\x7e]"
-REQUEST_TARGET = rb"(?:/" + VCHAR + rb"*|\*|[A-Za-z][A-Za-z0-9+.\-]*://" + VCHAR + rb"*)"
-HTTP_VERSION = rb"HTTP/([0-9])\.([0-9])"
-REQUEST_LINE = rb"(" + TOKEN + rb") (" + REQUEST_TARGET + rb") " + HTTP_VERSION
-# What an HTTP/0.9 "simple request" looks like: method SP target, no version.
-SIMPLE_REQUEST_LINE = TOKEN + rb" " + REQUEST_TARGET
-
-# RFC 9112 4
-#   status-line    = HTTP-version SP status-code SP [ reason-phrase ]
-#   status-code    = 3DIGIT
-#   reason-phrase  = 1*( HTAB / SP / VCHAR / obs-text )
-# Lenient as h11: the SP before an empty reason phrase may be missing.
-STATUS_LINE = HTTP_VERSION + rb" ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?"
-
-# RFC 9110 8.6
-#   Content-Length = 1*DIGIT
-# capped at 18 digits so the value always fits comfortably in an int64.
-CONTENT_LENGTH = rb"[0-9]{1,18}"
-
-# RFC 9112 3.2 / RFC 3986 3.2.2
-#   Host = uri-host [ ":" port ]
-#   uri-host = IP-literal / IPv4address / reg-name
-#   reg-name = *( unreserved / pct-encoded / sub-delims )
-#   IP-literal = "[" ( IPv6address / IPvFuture ) "]"
-#   port = *DIGIT
-HOST = (
-    rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*)"
-    rb"(?::[0-9]*)?"
-)
-
-# RFC 9112 7.1
-#   chunked-body   = *chunk last-chunk trailer-section CRLF
-#   chunk          = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
-#   chunk-size     = 1*HEXDIG
-#   last-chunk     = 1*("0") [ chunk-ext ] CRLF
-# RFC 9112 7.1.1
-#   chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
-# We cap chunk-size at 16 hex digits (2**64 - 1), refuse signs, "0x", leading
-# whitespace and whitespace not followed by ";", and accept any
-# non-control text as extensions (they are forwarded untouched, not interpreted).
-CHUNK_HEADER = rb"([0-9A-Fa-f]{1,16})(?:" + OWS + rb";" + FIELD_VALUE_CHAR + rb"*)?\r\n"
-# RFC 9112 7.1.2
-#   trailer-section = *( field-line CRLF )
-TRAILER_LINE = FIELD_LINE + rb"\r\n"
 
 _request_line_re = re.compile(REQUEST_LINE)
 _simple_request_line_re = re.compile(SIMPLE_REQUEST_LINE)
@@ -238,55 +134,10 @@ _request_special_re = re.compile(
     rb"\r\n(host|content-length|transfer-encoding|connection|upgrade|expect):[ \t]*([^\r]*)",
     re.IGNORECASE,
 )
-# Host values that passed _host_re (a set lookup is ~8x cheaper than the match, and a
-# proxy sees few distinct Host values); cleared when full.
-_valid_hosts: set[bytes] = set()
-# Heads that took the fast match -> their RequestHead (see parse_request_head); at most
-# _FAST_HEADS_MAX heads of at most _FAST_HEAD_MAX bytes (~1 MiB).
-_fast_heads: dict[bytes, RequestHead] = {}
-_FAST_HEADS_MAX = 1024
-_FAST_HEAD_MAX = 1024
-_VALID_HOSTS_MAX = 1024
 _response_special_re = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|date):[ \t]*([^\r]*)", re.IGNORECASE
 )
 _trailer_line_re = re.compile(TRAILER_LINE)
-# The dominant response, recognised in one C-level match with no head object built
-# (client.py's fast path): an HTTP/1.1 2xx head, valid as LENIENT_FIELD_LINES, with
-# exactly one Content-Length holding a plain number, and no Transfer-Encoding or
-# Connection field. Groups: status, Content-Length digits, Date name (before / after
-# the Content-Length line; None when absent). Anything else (no match) takes
-# parse_response_head, which decides it in full. A field line is one of: Date (its
-# name captured), a field whose name is none of the framing ones, and exactly once
-# the Content-Length line.
-_FAST_OTHER = (rb"(?:((?i:date)):" + LENIENT_FIELD_VALUE_CHAR + rb"*\r\n|"
-               rb"(?!(?i:content-length|transfer-encoding|connection|date):)"
-               + LENIENT_FIELD_LINE + rb"\r\n)*")
-_fast_response_re = re.compile(
-    rb"HTTP/1\.1 (2[0-9][0-9])(?: [\t\x20-\x7e\x80-\xff]*)?\r\n"
-    + _FAST_OTHER
-    + rb"(?i:content-length):[ \t]*([0-9]{1,18})[ \t]*\r\n"
-    + _FAST_OTHER.replace(b"((?i:date))", b"(?i:(date))")
-    + rb"\r\n"
-)
-
-# The dominant request, decided by one C-level match (parse_request_head's fast path):
-# an HTTP/1.1 GET or HEAD with an origin-form target, exactly one valid Host, and none
-# of Content-Length, Transfer-Encoding, Connection, Upgrade, Expect; every field line
-# valid as FIELD_LINE. Its head then has fixed framing (no body, keep-alive) and only
-# method, target and Host vary. Groups: method, target, Host value (OWS dropped). Any
-# other head (no match) takes the general code, which names errors. Measured on wrk's
-# 1-field GET, callgrind: see the commit that added it.
-_FAST_REQ_OTHER = (rb"(?:(?!(?i:host|content-length|transfer-encoding|connection|upgrade|expect):)"
-                   + FIELD_LINE + rb"\r\n)*")
-_fast_request_re = re.compile(
-    rb"(GET|HEAD) (/" + VCHAR + rb"*) HTTP/1\.1\r\n"
-    + _FAST_REQ_OTHER
-    + rb"(?i:host):[ \t]*(" + HOST + rb")[ \t]*\r\n"
-    + _FAST_REQ_OTHER
-    + rb"\r\n"
-)
-
 # Lower-cased names of the fields that decide framing / connection handling.
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -510,7 +361,7 @@ def _bad_request_line(line: bytes) -> HTTPError:
     if line.startswith(b"CONNECT "):
         return HTTPError(501, "CONNECT is not supported")
     if _simple_request_line_re.fullmatch(line):
-        return HTTPError(505, "HTTP version not supported")
+        return HTTPError(400, "request line without HTTP version")
     parts = line.split(b" ")
     if len(parts) == 3 and parts[2].startswith(b"HTTP/"):
         if not _token_re.fullmatch(parts[0]):
@@ -570,23 +421,19 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
     else:
         raw = buf  # the common case: the read holds exactly one head
 
-    # -- the dominant request: one match validates it and picks what varies ----
-    # Parsing is a pure function of the head bytes, and clients repeat heads (same
-    # URL, same cookies): a head seen before is answered from _fast_heads (one hash
-    # and compare instead of the match, which with its per-line look-ahead measured
-    # ~12k instructions; callgrind, wrk's GET, fresh bytes per read: 81.4k -> 69.0k
-    # per exchange). Heads are immutable (lazy `headers` splits the same bytes).
-    hit = _fast_heads.get(raw)
+    # -- the dominant request (fastpath.request_fields, the twin of what follows) ----
+    # Parsing is a pure function of the head bytes and clients repeat heads, so a
+    # recent head is answered from REQUEST_HEADS (one hash and compare). RequestHeads
+    # are therefore shared: callers must not modify them.
+    hit = REQUEST_HEADS.get(raw)
     if hit is not None:
         return hit, consumed
-    m = _fast_request_re.fullmatch(raw)
-    if m is not None:
-        method, target, host = m.groups()
+    fields = fastpath.request_fields(raw)
+    if fields is not None:
+        method, target, host = fields
         head = RequestHead(method, target, 11, None, None, False, True, None, host, False, None, raw)
-        if len(raw) <= _FAST_HEAD_MAX:
-            if len(_fast_heads) >= _FAST_HEADS_MAX:
-                _fast_heads.popitem()  # the newest: unique heads churn one slot
-            _fast_heads[raw] = head
+        if len(raw) <= REQUEST_HEAD_MEMO_MAX:
+            REQUEST_HEADS.put(raw, head)
         return head, consumed
 
     # -- request line and field lines: one match validates the whole head -----
@@ -646,12 +493,10 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
     # field line or a Host header field with an invalid field value."
     if hosts > 1:
         raise HTTPError(400, "duplicate Host header")
-    if host is not None and host not in _valid_hosts:
+    if host is not None and VALID_HOSTS.get(host) is None:
         if _host_re.fullmatch(host) is None:
             raise HTTPError(400, "invalid Host header")
-        if len(_valid_hosts) >= _VALID_HOSTS_MAX:
-            _valid_hosts.clear()
-        _valid_hosts.add(host)
+        VALID_HOSTS.put(host, True)
     if chunked:
         # RFC 9112 6.1: "A server MAY reject a request that contains both
         # Content-Length and Transfer-Encoding" - we do (request smuggling).

@@ -43,22 +43,25 @@ import asyncio
 import time
 
 from cfproxy.http.errors import ErrorPages, response_bytes
+from cfproxy.http.fastpath import CRLF, ROUTE_CACHE_SIZE, BoundedCache, response_shape
 from cfproxy.http.parser import (
     ChunkedReader,
     HTTPError,
-    _fast_response_re,
     parse_request_head,
     parse_response_head,
 )
+from cfproxy.http.status import date_header, status_line
 from cfproxy.http.urlpath import MalformedPath, forward_path, routing_path
 from cfproxy.log import debug_enabled, log
 from cfproxy.proxy.flow import (
     CONNECTING,
+    OWN_WRITES,
     PEER_BUSY,
     QUEUED,
     Deadline,
     ReadGate,
     TimerWheel,
+    WriteFlow,
     timer_wheel,
 )
 from cfproxy.proxy.headers import (
@@ -69,7 +72,6 @@ from cfproxy.proxy.headers import (
     BODY_NONE,
     BODY_RECHUNK,
     HeaderRewriter,
-    date_header,
     host_routing_name,
 )
 from cfproxy.proxy.upstream import MAX_IDLE_PER_KEY, Dechunker, UpstreamPools, describe_error
@@ -80,14 +82,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 QUEUE_LIMIT = 64 * 1024  # pipelined bytes buffered before reading stops
 RESPONSE_HEAD_MAX = 64 * 1024
 LA_SAMPLE = 16  # last_activity_updating: one timed update per this many (see _timed_activity)
-ROUTE_CACHE_MAX = 4096  # (route, forwarded path) per request-target; one evicted when full
-KEEP_ALIVE_END = b"Connection: keep-alive\r\n\r\n"  # what the fast response path appends
-# Response heads _fast_response_re accepted -> (status, Content-Length, has Date), for
-# the fast response path; at most this many heads of at most this many bytes (~1 MiB).
-FAST_RESPONSES: dict[bytes, tuple[int, int, bool]] = {}
-FAST_RESPONSES_MAX = 1024
-FAST_RESPONSE_HEAD_MAX = 1024
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+REPLAY_MAX = 64 * 1024  # request bytes kept to resend once on a stale pooled connection
 
 # connection states
 IDLE = 0  # between requests / reading a head
@@ -122,11 +117,13 @@ class ProxyContext:
         self.keep_alive_timeout = c.keep_alive_timeout / 1000.0
         self.keep_alive_s = max(1, c.keep_alive_timeout // 1000)
         self.header_timeout = c.header_timeout / 1000.0
+        self.request_timeout = c.request_timeout / 1000.0
         self.debug = debug_enabled()
+        self.fast_paths = c.fast_paths
         self.connections = app.connections
         # request-target (host-prefixed under host routing) -> (Route, forwarded path),
         # valid for table.version == route_cache_version
-        self.route_cache: dict[bytes, tuple] = {}
+        self.route_cache = BoundedCache(ROUTE_CACHE_SIZE)
         self.route_cache_version = -1
         self.wheel: TimerWheel | None = None  # the loop's deadline wheel, on first connection
         self.la_sample = 1  # countdown to the next timed last_activity update (the first is)
@@ -172,6 +169,12 @@ class ClientProtocol(asyncio.Protocol):
         self.resp_keep = False  # client connection may stay open after this response
         self.up_reusable = False
         self.sent_upstream = b""  # the head sent, for the one retry on a stale pooled conn
+        self.replay: list[bytes] | None = None  # body bytes sent so far (<= REPLAY_MAX)
+        self.replay_ok = True  # the whole request sent so far can be sent again
+        self.replay_room = REPLAY_MAX
+        self.rdeadline: Deadline | None = None  # --request-timeout (requests with a body)
+        self.waiting = False  # queued for a connection (--max-upstream-connections)
+        self.flow: WriteFlow | None = None
         self.retried = False
         self.t_start = 0.0  # perf_counter at the request head (latency histogram)
         self.error_task: asyncio.Task | None = None
@@ -188,6 +191,7 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         self.transport = transport
         self.gate = ReadGate(transport)
+        self.flow = WriteFlow(self.gate, self._drained)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0]).encode("latin-1")
@@ -211,6 +215,11 @@ class ClientProtocol(asyncio.Protocol):
             self.deadline.cancel()
         if self.pdeadline is not None:
             self.pdeadline.cancel()
+        if self.rdeadline is not None:
+            self.rdeadline.cancel()
+        if self.waiting:
+            self.waiting = False
+            self.ctx.pools.unwait(self.route.target.pool_key, self)
         up = self.up
         if up is not None:  # client went away mid-exchange: the upstream request dies too
             self.up = None
@@ -225,16 +234,25 @@ class ClientProtocol(asyncio.Protocol):
         self.buf = b""
 
     def eof_received(self) -> bool:
-        # the client will send nothing more; finish the current response, then close
+        # the client will send nothing more
         self.keep_alive = False
-        if self.state == IDLE or (self.state == ACTIVE and not self.req_done):
+        state = self.state
+        if state == IDLE or (state == ACTIVE and not self.req_done):
+            return False
+        if (state == ACTIVE or state == UPGRADING) and not self.resp_status:
+            # It went away while its request waits for the target: abort the upstream
+            # request at once (nginx's default), so an abandoned request leaks nothing.
+            self._abort_exchange()
             return False
         # A TLS transport cannot stay half-open: it closes whatever we answer, and True
         # only makes the loop warn on stderr (`self.tls` was read once at connection_made).
         return not self.tls
 
-    def pause_writing(self) -> None:  # the client reads slower than the target sends
+    def pause_writing(self) -> None:  # the client reads slower than we write to it
+        # Rule 3: the target's bytes wait (its reading stops); rule 10: so do the
+        # client's further requests (our own answers would queue without limit).
         self.paused_by_client = True
+        self.flow.pause_writing()
         up = self.up
         if up is not None:
             up.gate.hold(PEER_BUSY)
@@ -244,6 +262,12 @@ class ClientProtocol(asyncio.Protocol):
         up = self.up
         if up is not None:
             up.gate.release(PEER_BUSY)
+        self.flow.resume_writing()
+
+    def _drained(self) -> None:
+        """The client read its answers: go on with the requests it pipelined meanwhile."""
+        if self.state == IDLE and self.buf:
+            self._parse(self.buf)
 
     def close_when_idle(self) -> None:
         """Graceful shutdown: close now if no request is in flight, else after it."""
@@ -288,7 +312,7 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         self.parsing = True
         try:
-            while self.state == IDLE and self.buf:
+            while self.state == IDLE and self.buf and not self.gate.held & OWN_WRITES:
                 buf = self.buf
                 try:
                     parsed = parse_request_head(buf, ctx.max_head)
@@ -342,6 +366,18 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.req_chunks = None
             self.req_done = True
+        if not self.req_done:
+            self.replay = []
+            self.replay_room = REPLAY_MAX
+            self.replay_ok = True
+            if ctx.request_timeout:
+                if self.rdeadline is None:
+                    self.rdeadline = Deadline(self.deadline.loop, self._on_request_timeout,
+                                              self.deadline.wheel)
+                self.rdeadline.set(ctx.request_timeout)
+        else:
+            self.replay = None
+            self.replay_ok = True
         if ctx.timeout and req.upgrade is None:
             self.dkind = T_ACTIVITY
             self.deadline.set(ctx.timeout)
@@ -373,7 +409,7 @@ class ClientProtocol(asyncio.Protocol):
             cache.clear()
             ctx.route_cache_version = version
         t0 = self.t_start = time.perf_counter()
-        if req is self.last_req and version == self.last_version:
+        if req is self.last_req and version == self.last_version and ctx.fast_paths:
             # The same head object as this connection's previous request (the parser
             # hands out one RequestHead per distinct recent head) and an unchanged
             # table: the same route and the same forwarded head (it depends only on
@@ -393,9 +429,9 @@ class ClientProtocol(asyncio.Protocol):
         else:
             try:
                 lookup = routing_path(raw_target)
-            except MalformedPath as e:
+            except MalformedPath as e:  # Q26: a client error (CHP: 500)
                 ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
-                self._proxy_error(500, f"URIError: {e}")
+                self._proxy_error(400, f"URIError: {e}")
                 self._after_head()
                 return
             if ctx.host_routing:
@@ -412,12 +448,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._proxy_error(500, f"Error: {e}")
                 self._after_head()
                 return
-            if len(cache) >= ROUTE_CACHE_MAX:
-                # Full: drop one entry (popitem: the newest, in C) rather than all. The
-                # entries that filled the cache stay useful, and a client sending unique
-                # URLs churns one slot instead of flushing everyone's hot targets.
-                cache.popitem()
-            cache[key] = (route, path)
+            cache.put(key, (route, path))
         self.route = route
         target = route.target
         if ctx.debug:
@@ -442,7 +473,8 @@ class ClientProtocol(asyncio.Protocol):
         self.sent_upstream = head
         if self.pdeadline is not None:
             self.pdeadline.set(ctx.proxy_timeout)
-        up = ctx.pools.acquire_key(route.pool_key)
+        pools = ctx.pools
+        up = pools.acquire_key(route.pool_key)
         if up is not None:
             self.up = up  # _bind, inlined (hot path)
             up.owner = self
@@ -453,9 +485,37 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.pending = [head]
             self.gate.hold(CONNECTING)
-            self.connecting = ctx.pools.connect(route.target, self._connected)
+            if pools.cap and not pools.may_open(route.pool_key):
+                # --max-upstream-connections: wait for one in a short queue, else 503
+                if pools.wait(route.pool_key, self):
+                    self.waiting = True
+                else:
+                    self._upstream_failed(None, "Error: too many requests waiting for the target")
+            else:
+                self.connecting = pools.connect(route.target, self._connected)
         if self.buf:
             self._after_head()
+
+    def handoff(self, up) -> bool:
+        """A connection for this waiting request (--max-upstream-connections)."""
+        if not self.waiting:
+            return False
+        self.waiting = False
+        self._bind(up)
+        pending = self.pending
+        self.pending = None
+        if pending:
+            up.transport.writelines(pending)
+        self.gate.release(CONNECTING)
+        return True
+
+    def may_connect(self) -> bool:
+        """Room for a new connection for this waiting request (--max-upstream-connections)."""
+        if not self.waiting:
+            return False
+        self.waiting = False
+        self.connecting = self.ctx.pools.connect(self.route.target, self._connected)
+        return True
 
     def _forward_path(self, raw_target: bytes, route) -> bytes:
         ctx = self.ctx
@@ -509,6 +569,8 @@ class ClientProtocol(asyncio.Protocol):
                 self._to_upstream(data[:n])
             rest = data[n:]
         self.req_done = True
+        if self.rdeadline is not None:
+            self.rdeadline.expires = 0.0  # Deadline.clear(), inlined
         if self.state == UPGRADING:
             # the body of an upgrade request ended: what follows waits for the 101
             if rest:
@@ -524,6 +586,14 @@ class ClientProtocol(asyncio.Protocol):
         up = self.up
         if up is not None:
             up.transport.write(data)
+            replay = self.replay
+            if replay is not None:  # kept for one resend on a stale pooled connection
+                if self.replay_room >= len(data):
+                    replay.append(data)
+                    self.replay_room -= len(data)
+                else:
+                    self.replay = None
+                    self.replay_ok = False
             if self.pdeadline is not None:
                 self.pdeadline.set(self.ctx.proxy_timeout)
         elif self.pending is not None:
@@ -582,6 +652,10 @@ class ClientProtocol(asyncio.Protocol):
                 up.abort()
             else:
                 up.close()
+            self.gate.release(PEER_BUSY)
+        if self.waiting:
+            self.waiting = False
+            self.ctx.pools.unwait(self.route.target.pool_key, self)
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -600,54 +674,46 @@ class ClientProtocol(asyncio.Protocol):
         req = self.req
         if (not self.resp_buf and self.state == ACTIVE and req.connection is None
                 and req.version == 11 and req.method != b"HEAD"):
-            # Fast path for the dominant exchange: an HTTP/1.1 client without a
-            # Connection header, and a 2xx Content-Length response without Connection /
-            # Transfer-Encoding (one regex match, _fast_response_re). It writes the same
-            # bytes as parse_response_head + _response_head + HeaderRewriter.response_head
-            # (head as received + Date when absent + "Connection: keep-alive") without
-            # building a ResponseHead; anything else falls through to the general code.
+            # The dominant exchange: an HTTP/1.1 client without a Connection field and a
+            # response head fastpath.response_shape decides (2xx, Content-Length or
+            # chunked, no Connection or keep-alive; memoised per head), relayed without
+            # building a ResponseHead. Anything else takes the general code below.
             end = data.find(b"\r\n\r\n")
             if end > 0 and end + 4 <= RESPONSE_HEAD_MAX:
                 end += 4
-                # A head seen before is decided from FAST_RESPONSES (slice + hash + get,
-                # ~60 ns, against ~580 ns for the match with its per-line look-ahead).
-                key = data[:end] if end != len(data) else data
-                fast = FAST_RESPONSES.get(key)
-                if fast is None:
-                    m = _fast_response_re.fullmatch(data, 0, end)
-                    if m is not None:
-                        status_b, date1, cl, date2 = m.groups()
-                        fast = (int(status_b), int(cl), date1 is not None or date2 is not None)
-                        if end <= FAST_RESPONSE_HEAD_MAX:
-                            if len(FAST_RESPONSES) >= FAST_RESPONSES_MAX:
-                                FAST_RESPONSES.popitem()  # the newest: unique heads churn one slot
-                            FAST_RESPONSES[key] = fast
-                if fast is not None:
-                    status, left, has_date = fast
-                    got = len(data) - end
-                    ctx = self.ctx
-                    if got <= left and status != 204 and (
-                            status != 201 or not ctx.rewriter.rewrite_location):
-                        out = b"".join((
-                            data[:end - 2],
-                            KEEP_ALIVE_END if has_date else date_header() + KEEP_ALIVE_END,
-                            data[end:]))
+                head = data[:end] if end != len(data) else data
+                shape = response_shape(head)
+                if shape is not None and (shape[0] != 201
+                                          or not self.ctx.rewriter.rewrite_location):
+                    status, length, has_date, tail = shape
+                    if length >= 0 and len(data) - end == length:
+                        # the whole response in this read: one write (a syscall saved
+                        # per small response)
+                        if has_date:
+                            out = data if tail is CRLF else b"".join(
+                                (data[:end - 2], tail, data[end:]))
+                        else:
+                            out = b"".join((data[:end - 2], date_header(), tail, data[end:]))
+                        ctx = self.ctx
                         self.resp_status = status
                         metrics = ctx.metrics
                         metrics.requests_proxy[status] += 1
                         metrics.bytes_out += len(out)
-                        if ctx.timeout:
-                            self.deadline.set(ctx.timeout)
                         self.resp_mode = BODY_LENGTH
                         self.resp_keep = True  # HTTP/1.1 client, no Connection field
-                        self.up_reusable = True  # HTTP/1.1, no Connection, length-framed
+                        self.up_reusable = True  # HTTP/1.1 target, keep-alive, framed
+                        self.resp_left = 0
                         self.transport.write(out)
-                        if got == left:
-                            self.resp_left = 0
-                            self._response_done()
-                        else:
-                            self.resp_left = left - got
+                        self._response_done()
                         return
+                    if has_date:
+                        out_head = head if tail is CRLF else head[:-2] + tail
+                    else:
+                        out_head = b"".join((head[:-2], date_header(), tail))
+                    self._relay_head(status, out_head,
+                                     BODY_LENGTH if length >= 0 else BODY_CHUNKED, length,
+                                     True, True, data[end:])
+                    return
         buf = self.resp_buf + data if self.resp_buf else data
         while True:
             try:
@@ -673,14 +739,26 @@ class ClientProtocol(asyncio.Protocol):
             return
 
     def _response_head(self, resp, rest: bytes) -> None:
-        """Relay the response head; `rest` = the body bytes that came with it."""
-        ctx = self.ctx
+        """The general code: decide and relay a parsed response head; `rest` = the body
+        bytes that came with it."""
         req = self.req
         status = resp.status
+        no_body = status < 200 or status == 204 or status == 304 or req.method == b"HEAD"
+        head, mode, keep = self.ctx.rewriter.response_head(resp, req, no_body, self.route.target)
+        if not no_body:
+            up_keep = resp.keep_alive
+        else:
+            conn = resp.connection
+            up_keep = resp.version == 11 and not (conn and b"close" in conn.lower())
+        self._relay_head(status, head, mode, resp.content_length if mode == BODY_LENGTH else -1,
+                         keep, up_keep and status != 101, rest)
+
+    def _relay_head(self, status: int, head: bytes, mode: int, length: int, keep: bool,
+                    up_reusable: bool, rest: bytes) -> None:
+        """Write the decided response head and start relaying its body (both paths)."""
+        ctx = self.ctx
         self.resp_status = status
         ctx.metrics.requests_proxy[status] += 1
-        no_body = status < 200 or status == 204 or status == 304 or req.method == b"HEAD"
-        head, mode, keep = ctx.rewriter.response_head(resp, req, no_body, self.route.target)
         # counted here with the body bytes that came along (one add on the small-response
         # path); the branches that relay `rest` differently correct it
         ctx.metrics.bytes_out += len(head) + len(rest)
@@ -688,18 +766,13 @@ class ClientProtocol(asyncio.Protocol):
             self.deadline.set(ctx.timeout)
         self.resp_mode = mode
         self.resp_keep = keep
-        if not no_body:
-            up_keep = resp.keep_alive
-        else:
-            conn = resp.connection
-            up_keep = resp.version == 11 and not (conn and b"close" in conn.lower())
-        self.up_reusable = up_keep and status != 101
+        self.up_reusable = up_reusable
         if mode == BODY_NONE:
             self.transport.write(head)
             self._response_done()
             return
         if mode == BODY_LENGTH:
-            left = self.resp_left = resp.content_length
+            left = self.resp_left = length
             if len(rest) == left:
                 # the whole small response in one read: one write (a syscall saved per
                 # request measured +25% requests/s on small keep-alive GETs)
@@ -794,17 +867,23 @@ class ClientProtocol(asyncio.Protocol):
         if up is not self.up:
             return
         self.up = None
+        self.gate.release(PEER_BUSY)  # its write buffer is gone with it
         if self.state == UPGRADING:
             self._upgrade_failed(exc)
             return
         if not self.resp_status:
-            # before any response head: retry a stale pooled connection once, else 503
-            req = self.req
-            if (up.reused and not self.retried and not self.resp_buf and self.req_done
-                    and self.req_chunks is None and not req.content_length
-                    and req.method in IDEMPOTENT):
+            # Before any response byte, on a connection taken from the pool: the target
+            # closed it as we sent (the keep-alive race). Send the request once more on a
+            # fresh connection when all of it that was sent is still at hand (a body up
+            # to REPLAY_MAX), as nginx and Node's agents do; otherwise 503.
+            if (up.reused and not self.retried and not self.resp_buf and self.replay_ok
+                    and (exc is None or isinstance(exc, (ConnectionResetError, BrokenPipeError)))):
                 self.retried = True
-                self.pending = [self.sent_upstream]
+                pending = [self.sent_upstream]
+                if self.replay:
+                    pending += self.replay
+                self.replay = None
+                self.pending = pending
                 self.gate.hold(CONNECTING)
                 self.connecting = self.ctx.pools.connect(self.route.target, self._connected)
                 return
@@ -830,6 +909,7 @@ class ClientProtocol(asyncio.Protocol):
     def _on_proxy_timeout(self) -> None:
         if self.state == UPGRADING or self.state != ACTIVE:
             return
+        self.ctx.metrics.timeouts["proxy"] += 1
         if self.resp_status:
             self._abort_exchange()
             return
@@ -872,14 +952,21 @@ class ClientProtocol(asyncio.Protocol):
         up = self.up
         if up is not None:
             self.up = None
+            if self.gate.held & PEER_BUSY:
+                self.gate.release(PEER_BUSY)  # (never resumed by a detached upstream)
             if self.up_reusable and self.req_done:
                 # pools.release, inlined for a live connection whose pool has room
                 pools = ctx.pools
                 lst = pools.idle.get(up.key)
                 if (lst is not None and len(lst) < MAX_IDLE_PER_KEY and up.alive
-                        and not up.gate.held and not pools.closed):
+                        and not up.gate.held and not pools.closed and not pools.cap):
                     up.owner = None
                     lst.append(up)
+                    idle = up.idle  # pools.pooled, inlined: its idle timer
+                    if idle is not None:
+                        idle.set(pools.idle_timeout)
+                    elif pools.idle_timeout:
+                        pools.pooled(up)
                 else:
                     pools.release(up)
             else:
@@ -981,15 +1068,36 @@ class ClientProtocol(asyncio.Protocol):
         if self.state == CLOSED or self.transport is None:
             return
         if kind == T_KEEPALIVE and self.state == IDLE:
+            self.ctx.metrics.timeouts["keep_alive"] += 1
             self._close()
         elif kind == T_HEAD and self.state == IDLE:
+            self.ctx.metrics.timeouts["header"] += 1
             if self.buf:
                 self._reject(408, "Request Timeout: the request head took too long")
             else:
                 self._close()
         elif kind == T_ACTIVITY and self.state == ACTIVE:
             # --timeout: inactivity during a web request; no response, nothing logged (4.7)
+            self.ctx.metrics.timeouts["activity"] += 1
             self._abort_exchange()
+
+    def _on_request_timeout(self) -> None:
+        """--request-timeout: the request did not arrive in full; 408 and close, and the
+        target connection too (Node's requestTimeout, which CHP inherits)."""
+        state = self.state
+        if self.req_done or (state != ACTIVE and state != UPGRADING) or self.transport is None:
+            return
+        self._drop_upstream(abort=True)
+        if self.error_task is not None:
+            self.error_task.cancel()
+            self.error_task = None
+        if self.resp_done:
+            self._close()  # answered already (early); the rest of the body is not awaited
+        elif self.resp_status:
+            self._abort_exchange()  # a response is under way: cut it
+        else:
+            self.ctx.metrics.requests_proxy[408] += 1
+            self._reject(408, "Request Timeout: the request took too long")
 
     # ================================================================ upgrades (4.5)
     def _start_upgrade(self, req) -> None:
@@ -1016,8 +1124,8 @@ class ClientProtocol(asyncio.Protocol):
             self.gate.hold(QUEUED)
         try:
             key = routing_path(req.target)
-        except MalformedPath as e:
-            self._ws_error(500, f"URIError: {e}")
+        except MalformedPath as e:  # Q26: a client error (CHP: 500)
+            self._ws_error(400, f"URIError: {e}")
             return
         if ctx.host_routing:
             key = "/" + host_routing_name(req.host) + key
@@ -1073,7 +1181,7 @@ class ClientProtocol(asyncio.Protocol):
         metrics.observe_request(time.perf_counter() - self.t_start, code)
         req = self.req
         log.error("%s %s %s %s", code, req.method.decode("latin-1"), log_path(req.target), message)
-        data = b"HTTP/1.%d %d\r\nContent-Length: 0\r\n\r\n" % (req.version % 10, code)
+        data = status_line(code) + b"Content-Length: 0\r\n\r\n"  # Q24: with its reason
         metrics.bytes_out += len(data)
         self.transport.write(data)
         self._close()

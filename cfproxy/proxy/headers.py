@@ -7,7 +7,9 @@ is forwarded as received (bytes in, bytes out):
   X-Forwarded-For/-Port/-Proto/-Host (4.2, Q17 fixed: no XFF for Unix-socket clients, the
   port of an IPv6 Host parsed properly), `--custom-header`s replacing same-named headers in
   place, `--change-origin` Host, `Host` for clients that sent none, `Connection: keep-alive`
-  when the client sent no Connection header, `content-length: 0` for DELETE/OPTIONS without
+  when the client sent no Connection header, the client's `Connection` replaced by
+  `Connection: keep-alive` when it ends the client hop (`close`, or HTTP/1.0 without
+  keep-alive: quirk Q23, the upstream connection stays pooled), `content-length: 0` for DELETE/OPTIONS without
   a body, `Trailer` dropped (the only hop-by-hop header CHP strips, Q15).
 - response heads to the client: `Connection` (4.3), `Date` when absent, re-framing
   (Transfer-Encoding added or removed), Location rewriting (4.6).
@@ -22,11 +24,11 @@ list (1.1 µs vs 3.4 µs for a 10-header request on the reference machine).
 from __future__ import annotations
 
 import re
-import time
-from email.utils import formatdate
 from urllib.parse import urlsplit
 
 from cfproxy.config import Config
+from cfproxy.http.fastpath import TAIL_CACHE_SIZE, BoundedCache
+from cfproxy.http.status import date_header
 from cfproxy.routing.target import Target
 
 _XFF = b"x-forwarded-for"
@@ -34,24 +36,11 @@ _XFPORT = b"x-forwarded-port"
 _XFPROTO = b"x-forwarded-proto"
 _XFHOST = b"x-forwarded-host"
 _TRAILER = b"trailer"
+_CONNECTION = b"connection"
 _HOST = b"host"
 _BODYLESS_DEFAULT_CL = (b"DELETE", b"OPTIONS")
-TAIL_CACHE_MAX = 1024
 _CONNECTION_KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CONNECTION_CLOSE = b"Connection: close\r\n"
-
-# --- Date header, formatted at most once per second -------------------------------------
-_date_cache = [0, b""]
-
-
-def date_header() -> bytes:
-    """`Date: <IMF-fixdate>\\r\\n`, cached for the current second."""
-    now = int(time.time())
-    if now != _date_cache[0]:
-        _date_cache[0] = now
-        _date_cache[1] = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-    return _date_cache[1]
-
 
 def forwarded_port(host: bytes | None, tls: bool) -> bytes:
     """X-Forwarded-Port: the port of the Host header, else 443/80 by the client's scheme.
@@ -125,14 +114,16 @@ class HeaderRewriter:
         # Appended as a block on the fast path; a custom Host loses to --change-origin.
         self.custom_lines = b"".join(n + b": " + v + b"\r\n" for n, v in self.custom
                                      if not (self.change_origin and n.lower() == _HOST))
-        self._tails: dict[tuple, bytes] = {}  # see request_head
+        self._tails = BoundedCache(TAIL_CACHE_SIZE)  # see request_head
 
     # --- request -------------------------------------------------------------------------
     def request_head(self, req, path: bytes, target: Target, client_ip: bytes | None,
                      tls: bool, ws: bool) -> bytes:
         """The head to send to the target for `req` (a parser RequestHead)."""
         raw = req.raw
-        slow = self.special_re.search(raw) is not None
+        # Q23: a Connection that ends the client hop is not forwarded (line-by-line path)
+        drop_connection = not req.keep_alive and req.connection is not None and not ws
+        slow = drop_connection or self.special_re.search(raw) is not None
         host = req.host
         if not slow and not ws and host is not None and (
                 req.method not in _BODYLESS_DEFAULT_CL or req.content_length is not None
@@ -144,9 +135,7 @@ class HeaderRewriter:
             tail = self._tails.get(key)
             if tail is None:
                 tail = self._tail(host, client_ip, tls, req.connection is None)
-                if len(self._tails) >= TAIL_CACHE_MAX:
-                    self._tails.clear()
-                self._tails[key] = tail
+                self._tails.put(key, tail)
             if path == req.target and req.version == 11:
                 return raw[:-2] + tail  # the request line is forwarded unchanged
             return b"".join((req.method, b" ", path, b" HTTP/1.1\r\n", _head_block(raw), tail))
@@ -183,7 +172,7 @@ class HeaderRewriter:
                         cv = target.host_header.encode("latin-1")
                     out += (cn, b": ", cv, b"\r\n")
                     continue
-                if ln == _TRAILER:
+                if ln == _TRAILER or (drop_connection and ln == _CONNECTION):
                     continue
                 if self.x_forward:
                     if ln == _XFF:
@@ -218,7 +207,7 @@ class HeaderRewriter:
                     out += (n, b": ", v, b"\r\n")
         if host is None and not (self.custom and _HOST in self.custom_lower and not self.change_origin):
             out += (b"Host: ", target.host_header.encode("latin-1"), b"\r\n")
-        if req.connection is None and not ws:
+        if (req.connection is None or drop_connection) and not ws:
             out.append(b"Connection: keep-alive\r\n")
         if req.content_length is None and not req.chunked and req.method in _BODYLESS_DEFAULT_CL:
             out.append(b"content-length: 0\r\n")

@@ -25,13 +25,13 @@ Whether the listener is started at all (not with --socket, not when --port is 80
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import h11
 
 from cfproxy.config import Config
-from cfproxy.metrics_server import Reply, SmallHTTPProtocol
+from cfproxy.http.small_server import Reply, SmallHTTPProtocol
 
 
 def redirect_port(config: Config) -> str | int:
@@ -75,8 +75,10 @@ def redirect_location(host: bytes, target: bytes, port: str | int) -> bytes | No
 
 
 class RedirectProtocol(SmallHTTPProtocol):
-    def __init__(self, port: str | int) -> None:
-        super().__init__()
+    timeout_prefix = "redirect"
+
+    def __init__(self, port: str | int, timeouts: MutableMapping[str, int] | None = None) -> None:
+        super().__init__(timeouts)
         self.port = port
         self.no_host = (
             f"This server is HTTPS-only on port {port}, but an HTTP request was made and the "
@@ -103,8 +105,9 @@ class RedirectProtocol(SmallHTTPProtocol):
 def make_redirect_protocol_factory(app: Any) -> Callable[[], asyncio.Protocol]:
     """Zero-arg protocol factory for the `--redirect-port` listener."""
     port = redirect_port(app.config)
+    timeouts = app.metrics.timeouts
 
     def factory() -> asyncio.Protocol:
-        return RedirectProtocol(port)
+        return RedirectProtocol(port, timeouts)
 
     return factory

@@ -7,10 +7,15 @@ Owns the sockets to targets:
   ClientProtocol whose request it carries: `upstream_data`, `upstream_lost`, and the
   backpressure pair); while idle in the pool, any byte or EOF from the target closes it.
 - `UpstreamPools`, one idle list per `Target.pool_key`, LIFO reuse, at most
-  `MAX_IDLE_PER_KEY` idle connections per key, no idle timeout of its own (as CHP/Node:
-  idle connections live until the target closes them, which we notice at once because
-  idle connections keep reading). A connection returns to its pool only after its
-  response was framed to the end (the client protocol decides, `release`).
+  `MAX_IDLE_PER_KEY` idle connections per key. An idle connection is closed by us after
+  `--upstream-idle-timeout` (default 4 s, below common servers' keep-alive), so we close
+  first instead of racing the target's close with a new request; a close by the target
+  is noticed at once because idle connections keep reading. A connection returns to its
+  pool only after its response was framed to the end (the client protocol decides,
+  `release`).
+- `--max-upstream-connections N`: at most N connections per key (open or opening); a
+  request that finds none free waits in a queue of at most `WAIT_QUEUE_MAX` per key
+  (`wait`) and gets a connection as one is released or closed; beyond it, 503.
 - `connect()`: opening a new connection (TCP, TLS with SNI = target host and
   `app.tls.client_context()` so --insecure/--client-ssl-* apply, or a Unix socket) as
   a task whose completion calls back; the request path never awaits.
@@ -24,18 +29,20 @@ from __future__ import annotations
 import asyncio
 import errno
 import ssl
+from collections import deque
 from collections.abc import Callable
 
-from cfproxy.proxy.flow import PEER_BUSY, ReadGate
+from cfproxy.proxy.flow import PEER_BUSY, Deadline, ReadGate
 from cfproxy.routing.target import Target
 
 MAX_IDLE_PER_KEY = 256  # Node's default maxFreeSockets for CHP's keep-alive agent
+WAIT_QUEUE_MAX = 64  # requests waiting per key for a connection under a cap
 
 
 class UpstreamConnection(asyncio.Protocol):
     """One connection to a target; forwards its events to the current owner."""
 
-    __slots__ = ("pools", "key", "transport", "gate", "owner", "alive", "reused")
+    __slots__ = ("pools", "key", "transport", "gate", "owner", "alive", "reused", "idle")
 
     def __init__(self, pools: UpstreamPools, key: tuple) -> None:
         self.pools = pools
@@ -45,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.owner = None  # the ClientProtocol using it; None while idle or dead
         self.alive = False
         self.reused = False  # taken from the pool (a failure then allows one retry)
+        self.idle: Deadline | None = None  # --upstream-idle-timeout while pooled
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -64,12 +72,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
+        if self.idle is not None:
+            self.idle.cancel()
         owner = self.owner
         if owner is not None:
             self.owner = None
             owner.upstream_lost(self, exc)
         else:
             self.pools.discard(self)
+        if self.pools.cap:
+            self.pools.closed_one(self.key)
+
+    def idle_expired(self) -> None:
+        """--upstream-idle-timeout: close a connection that stayed in its pool that long."""
+        if self.owner is None and self.alive:
+            self.close()
 
     # backpressure: the target reads slower than the client sends
     def pause_writing(self) -> None:
@@ -103,6 +120,13 @@ class UpstreamPools:
         self.idle: dict[tuple, list[UpstreamConnection]] = {}
         self.closed = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set by the first connect()
+        c = app.config
+        self.idle_timeout = c.upstream_idle_timeout / 1000.0
+        # --max-upstream-connections: open (or opening) connections and waiting requests
+        # per key; only kept when a cap is set
+        self.cap = c.max_upstream_connections
+        self.open: dict[tuple, int] = {}
+        self.waiters: dict[tuple, deque] = {}
 
     def acquire(self, target: Target) -> UpstreamConnection | None:
         """A live idle connection to `target`, or None (then `connect`)."""
@@ -115,8 +139,19 @@ class UpstreamPools:
             conn = lst.pop()
             if conn.alive and not conn.transport.is_closing():
                 conn.reused = True
+                if conn.idle is not None:
+                    conn.idle.expires = 0.0  # Deadline.clear(), inlined (hot path)
                 return conn
         return None
+
+    def pooled(self, conn: UpstreamConnection) -> None:
+        """Start the idle timer of a connection just put into its pool."""
+        if self.idle_timeout:
+            idle = conn.idle
+            if idle is None:
+                idle = conn.idle = Deadline(self.loop or asyncio.get_running_loop(),
+                                            conn.idle_expired)
+            idle.set(self.idle_timeout)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Put a connection whose response ended cleanly back into its pool."""
@@ -124,6 +159,14 @@ class UpstreamPools:
         if not conn.alive or self.closed:
             conn.close()
             return
+        if self.cap:
+            waiting = self.waiters.get(conn.key)
+            while waiting:  # a request waits for a connection to this target: hand it over
+                if conn.gate.held:
+                    conn.gate.release_all()
+                conn.reused = True
+                if waiting.popleft().handoff(conn):
+                    return
         # (a transport closing meanwhile is skipped by acquire_key, and its
         # connection_lost discards it)
         if conn.gate.held:
@@ -132,6 +175,7 @@ class UpstreamPools:
         if lst is None:
             lst = self.idle[conn.key] = []
         lst.append(conn)
+        self.pooled(conn)
         if len(lst) > MAX_IDLE_PER_KEY:
             lst.pop(0).close()
 
@@ -168,8 +212,58 @@ class UpstreamPools:
         else:
             coro = loop.create_connection(factory, target.host, target.port)
         task = loop.create_task(coro)
+        if self.cap:
+            self.open[key] = self.open.get(key, 0) + 1
+            task.add_done_callback(lambda t: self._connect_done(t, key))
         task.add_done_callback(done)
         return task
+
+    # --- --max-upstream-connections ---------------------------------------------------------
+    def may_open(self, key: tuple) -> bool:
+        """Whether one more connection to `key` stays within the cap."""
+        return not self.cap or self.open.get(key, 0) < self.cap
+
+    def wait(self, key: tuple, client) -> bool:
+        """Queue `client` for the next connection to `key`; False when the queue is full.
+        The client gets `client.handoff(conn)` (a pooled connection) or
+        `client.may_connect()` (room to open one); it leaves with `unwait`."""
+        waiting = self.waiters.get(key)
+        if waiting is None:
+            waiting = self.waiters[key] = deque()
+        if len(waiting) >= WAIT_QUEUE_MAX:
+            return False
+        waiting.append(client)
+        return True
+
+    def unwait(self, key: tuple, client) -> None:
+        waiting = self.waiters.get(key)
+        if waiting:
+            try:
+                waiting.remove(client)
+            except ValueError:
+                pass
+            if not waiting:
+                del self.waiters[key]
+
+    def _connect_done(self, task: asyncio.Task, key: tuple) -> None:
+        # nothing was opened: uncount it (an opened one counts until its connection_lost)
+        if task.cancelled() or task.exception() is not None:
+            self.closed_one(key)
+
+    def closed_one(self, key: tuple) -> None:
+        """A connection to `key` closed (or failed to open): room for a waiting request."""
+        n = self.open.get(key, 0) - 1
+        if n > 0:
+            self.open[key] = n
+        else:
+            self.open.pop(key, None)
+        waiting = self.waiters.get(key)
+        while waiting and self.may_open(key):
+            client = waiting.popleft()
+            if not waiting:
+                del self.waiters[key]
+            if client.may_connect():
+                break
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self.idle.values())

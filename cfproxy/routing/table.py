@@ -12,9 +12,11 @@ Owns the in-memory route table the proxy's hot path reads synchronously:
 
 Route has: prefix (the key as posted), data (dict, as posted, without
 last_activity), target (cfproxy.routing.target.Target, parsed once),
-last_activity (float, time.time()), pool_key (target.pool_key, computed once:
-the proxy reads it per request), api_json / api_json_la (the REST API's cached
-JSON rendering of the route and the last_activity it was rendered with).
+last_activity (float, time.time(); the proxy's hot path writes it), pool_key
+(target.pool_key, computed once: the proxy reads it per request), api_json /
+api_json_la (the REST API's cached JSON rendering of the route and the
+last_activity it was rendered with), saved_activity (the last_activity the
+store holds: StoreSync flushes routes where the two differ).
 
 `RouteTable.version` grows by one on every write (add, remove, clear): a reader
 that caches lookup results (the proxy does, per request-target) drops its cache
@@ -47,7 +49,8 @@ from cfproxy.routing.trie import URLTrie, join_path, split_path
 class Route:
     """One route: prefix -> data (with a parsed target) and its last activity."""
 
-    __slots__ = ("prefix", "data", "target", "last_activity", "pool_key", "api_json", "api_json_la")
+    __slots__ = ("prefix", "data", "target", "last_activity", "pool_key", "api_json", "api_json_la",
+                 "saved_activity")
 
     def __init__(self, prefix: str, data: dict, target: Target, last_activity: float) -> None:
         self.prefix = prefix
@@ -59,6 +62,9 @@ class Route:
         # (api/handlers.py owns both; whoever mutates `data` in place sets api_json = None).
         self.api_json: bytes | None = None
         self.api_json_la = 0.0
+        # What the store has (cfproxy/store/sync.py owns it): a route is flushed when the hot
+        # path moved last_activity past it. A float compare per route and second, no dirty set.
+        self.saved_activity = last_activity
 
     def __repr__(self) -> str:
         return f"<Route {self.prefix!r} -> {self.target.url!r}>"
@@ -89,17 +95,24 @@ class RouteTable:
         return join_path(segments)
 
     # --- writes ------------------------------------------------------------
-    def add(self, prefix: str, data: dict, last_activity: float | None = None) -> Route:
+    def add(self, prefix: str, data: dict, last_activity: float | None = None,
+            target: Target | None = None) -> Route:
         """Store (or replace) the route at `prefix`; parse data["target"] first.
 
         Raises cfproxy.routing.target.InvalidTarget (nothing stored) when the
-        target cannot be parsed. `last_activity` defaults to now.
+        target cannot be parsed. `last_activity` defaults to now. `target`, when
+        given, is data["target"] already parsed (StoreSync parses it before the
+        store write).
         """
-        target = parse_target(data.get("target"))  # type: ignore[arg-type]
-        key = self.match_key(prefix)
-        canonical = canonical_prefix(prefix)
-        if canonical == key:
-            canonical = key  # one string for both (100k routes: 5.7 MB less)
+        if target is None:
+            target = parse_target(data.get("target"))  # type: ignore[arg-type]
+        segments = split_path(prefix)
+        canonical = join_path(segments)
+        key = canonical  # one string for both unless the host is lower-cased (100k: 5.7 MB less)
+        if self.host_routing and segments:
+            host = segments[0].lower()
+            if host != segments[0]:
+                key = join_path([host, *segments[1:]])
         route = Route(
             canonical,
             data,

@@ -7,7 +7,12 @@
 - "package.module:Class" or "package.module.Class" -> import it and
   instantiate `Class(config, table)` (a cfproxy.store.base.RouteStore);
 - "redis://..." -> cfproxy.store.redis.RedisStore(config, table) when that
-  module exists.
+  module exists;
+- "sqlite:///relative/path.db" or "sqlite:////absolute/path.db" ->
+  cfproxy.store.sqlite.SQLiteStore(config, table).
+
+A class that is no RouteStore but has CHP's methods (get, get_target, get_all,
+add, update, remove, clean_path) is wrapped in ContractStore.
 
 Any failure raises StoreLoadError whose message names --storage-backend and
 the problem; the CLI prints it and exits 1.
@@ -19,12 +24,19 @@ import importlib
 import importlib.util
 from typing import Any
 
-from cfproxy.store.base import RouteStore, clean_path
+from cfproxy.store.base import (
+    CONTRACT_METHODS,
+    ContractStore,
+    RouteChange,
+    RouteStore,
+    StoredRoute,
+    StoreUnavailable,
+    clean_path,
+)
 from cfproxy.store.memory import MemoryStore
 
-__all__ = ["MemoryStore", "RouteStore", "StoreLoadError", "clean_path", "load_store"]
-
-_REQUIRED = ("get", "get_target", "get_all", "add", "update", "remove", "clean_path")
+__all__ = ["ContractStore", "MemoryStore", "RouteChange", "RouteStore", "StoreLoadError",
+           "StoreUnavailable", "StoredRoute", "clean_path", "load_store"]
 
 
 class StoreLoadError(ValueError):
@@ -88,6 +100,10 @@ def load_store(config: Any, table: Any) -> RouteStore:
             raise StoreLoadError(f"--storage-backend {spec!r}: redis store unavailable: {e}") from None
         cls = module.RedisStore
         spec = module.redacted_url(spec)  # the messages below never show a password
+    elif spec.startswith("sqlite:"):
+        from cfproxy.store.sqlite import SQLiteStore
+
+        cls = SQLiteStore
     else:
         cls = _import_class(spec)
     if not callable(cls):
@@ -98,9 +114,11 @@ def load_store(config: Any, table: Any) -> RouteStore:
         raise StoreLoadError(
             f"--storage-backend {spec!r}: constructing the store failed: {type(e).__name__}: {e}"
         ) from None
-    missing = [m for m in _REQUIRED if not callable(getattr(store, m, None))]
+    if isinstance(store, RouteStore):
+        return store
+    missing = [m for m in CONTRACT_METHODS if not callable(getattr(store, m, None))]
     if missing:
         raise StoreLoadError(
             f"--storage-backend {spec!r}: store lacks required methods: {', '.join(missing)}"
         )
-    return store
+    return ContractStore(store)

@@ -1,19 +1,24 @@
-"""MemoryStore: the default store, backed directly by the app's RouteTable.
+"""MemoryStore: the default store, which is the app's RouteTable itself.
 
-Owns nothing but the translation between the async store contract
-(store/base.py) and the synchronous RouteTable: every write lands in the
-table the proxy reads, so the hot path sees it at once (CHP's MemoryStore
-kept a dict and a trie; the RouteTable is both). Returned data dicts are
-copies with `last_activity` as a UTC datetime; mutating them does not
-change the table.
+Under StoreSync it keeps nothing of its own: the table StoreSync writes after
+each acknowledged write *is* the store (no second copy), so `put_route` and
+`delete_route` have nothing left to do, `load_routes` has nothing to load, and
+there is no activity to save (`keeps_activity = False`).
+
+For library users it also offers CHP's contract (store/base.py) over the same
+table: `add`, `update`, `remove` write the table directly, `get`/`get_all`
+return copies with `last_activity` as a UTC datetime (mutating them does not
+change the table). CHP's MemoryStore kept a dict and a trie; the RouteTable
+is both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from cfproxy.routing.table import Route, RouteTable
-from cfproxy.store.base import RouteStore, to_datetime, to_timestamp
+from cfproxy.store.base import RouteStore, StoredRoute, to_datetime, to_timestamp
 
 
 def route_data(route: Route) -> dict:
@@ -24,13 +29,27 @@ def route_data(route: Route) -> dict:
 
 
 class MemoryStore(RouteStore):
-    owns_table = True
+    keeps_activity = False  # the table holds last_activity; there is nowhere else to save it
 
     def __init__(self, *args: object) -> None:
         """MemoryStore(table), MemoryStore(config, table) (the --storage-backend form) or MemoryStore()."""
         tables = [a for a in args if isinstance(a, RouteTable)]
         self.table: RouteTable = tables[0] if tables else RouteTable()
 
+    # --- the RouteStore interface: the table is the store ------------------------------------------
+    async def load_routes(self) -> list[StoredRoute]:
+        return []  # whatever the table holds stays; there is no other copy to load from
+
+    async def put_route(self, prefix: str, data: dict, last_activity: float) -> None:
+        return None  # StoreSync writes the table once this returns
+
+    async def delete_route(self, prefix: str) -> bool | None:
+        return None  # StoreSync removes it from the table (and knows whether it was there)
+
+    async def save_activity(self, batch: Mapping[str, float]) -> None:
+        return None
+
+    # --- CHP's contract, over the table (library use) -------------------------------------------
     async def get(self, path: str) -> dict | None:
         route = self.table.get(self.clean_path(path))
         return None if route is None else route_data(route)

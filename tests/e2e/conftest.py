@@ -10,7 +10,8 @@ fixtures and ended by its PID.
 To run the same tests against another proxy (e.g. CHP 5.3.0, to tell a hub problem from a
 proxy problem) set CFPROXY_E2E_PROXY_BIN_DIR to the directory holding its
 `configurable-http-proxy`; the check that the command is cfproxy's is then replaced by a
-check that it comes from that directory.
+check that it comes from that directory. Set CFPROXY_E2E_WORKERS=2 to run every proxy of
+these tests with `--workers 2`.
 """
 
 from __future__ import annotations
@@ -200,6 +201,13 @@ class HubProcess:
         return _stop_pid(self.proc, timeout=20)
 
 
+def proxy_extra_args() -> list[str]:
+    """`--workers N` when CFPROXY_E2E_WORKERS is set (the hub-started proxy gets it through
+    jupyterhub_config.py): the same tests, run with a primary and N worker processes."""
+    workers = os.environ.get("CFPROXY_E2E_WORKERS")
+    return ["--workers", workers] if workers else []
+
+
 class SeparateProxy:
     """The proxy as its own service: `configurable-http-proxy` from the hub's PATH."""
 
@@ -216,7 +224,8 @@ class SeparateProxy:
         self.proc = subprocess.Popen(
             [command, "--ip", "127.0.0.1", "--port", str(s.public_port),
              "--api-ip", "127.0.0.1", "--api-port", str(s.api_port),
-             "--default-target", s.hub_url, "--error-target", f"{s.hub_url}/hub/error"],
+             "--default-target", s.hub_url, "--error-target", f"{s.hub_url}/hub/error",
+             *proxy_extra_args()],
             env=s.env(), stdout=self._log, stderr=subprocess.STDOUT,
         )
         try:

@@ -11,6 +11,8 @@ Everything varying comes from the environment the test sets:
   CFPROXY_E2E_HUB_PORT     the hub's own port (behind the proxy)
   CFPROXY_E2E_API_TOKEN    token of the `e2e` service, allowed to manage users/servers
   CONFIGPROXY_AUTH_TOKEN   (read by JupyterHub itself) the proxy API token
+  CFPROXY_E2E_WORKERS      optional: run the proxy with `--workers N` (the default command
+                           plus that flag)
 """
 
 import os
@@ -29,6 +31,9 @@ c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{os.environ['CFPROXY_E2E_AP
 c.JupyterHub.db_url = f"sqlite:///{os.path.join(work, 'jupyterhub.sqlite')}"
 c.JupyterHub.cookie_secret_file = os.path.join(work, "jupyterhub_cookie_secret")
 c.ConfigurableHTTPProxy.pid_file = os.path.join(work, "jupyterhub-proxy.pid")
+if os.environ.get("CFPROXY_E2E_WORKERS"):
+    c.ConfigurableHTTPProxy.command = ["configurable-http-proxy", "--workers",
+                                       os.environ["CFPROXY_E2E_WORKERS"]]
 
 c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allow_all = True

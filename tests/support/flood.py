@@ -1,0 +1,81 @@
+"""A client that pipelines requests and never reads the answers, and the proxy's memory under it.
+
+    result = flood(port, request_bytes, total=100 << 20, seconds=4.0)
+    result.sent          bytes of requests the proxy accepted (the kernel took them)
+    result.stalled       True when sending stopped making progress (the proxy stopped reading)
+    rss_kib(pid), peak_rss_kib(pid)   VmRSS / VmHWM of a process, from /proc
+
+The flood sends `request_bytes` back to back from a non-blocking socket until `total`
+bytes went out, `seconds` passed, or nothing could be sent for `stall_seconds` (the
+proxy holds reading, and the kernel buffers on both sides are full). It never reads,
+so everything the proxy answers piles up: in the kernel (bounded by socket buffers,
+not counted in RSS) and, unless the proxy stops reading while its write buffer is
+full, in the proxy's own memory.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class FloodResult:
+    sent: int
+    seconds: float
+    stalled: bool
+    sock: socket.socket  # still open: the caller decides when the flooder leaves
+
+
+def flood(port: int, request: bytes, total: int = 100 << 20, seconds: float = 4.0,
+          stall_seconds: float = 0.75, host: str = "127.0.0.1") -> FloodResult:
+    """Pipeline copies of `request` to host:port without reading; see the module docstring."""
+    sock = socket.create_connection((host, port))
+    sock.setblocking(False)
+    batch = request * max(1, (256 * 1024) // len(request))
+    view = memoryview(batch)
+    offset = 0
+    sent = 0
+    start = last_progress = time.monotonic()
+    stalled = False
+    while sent < total:
+        now = time.monotonic()
+        if now - start >= seconds:
+            break
+        if now - last_progress >= stall_seconds:
+            stalled = True
+            break
+        _, writable, _ = select.select([], [sock], [], 0.05)
+        if not writable:
+            continue
+        try:
+            n = sock.send(view[offset:])
+        except BlockingIOError:
+            continue
+        except OSError:  # the proxy closed the connection
+            break
+        if n:
+            sent += n
+            offset = (offset + n) % len(batch)
+            last_progress = time.monotonic()
+    return FloodResult(sent, time.monotonic() - start, stalled, sock)
+
+
+def _status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of `pid` now, KiB."""
+    return _status_kib(pid, "VmRSS")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The highest resident set size `pid` has had, KiB."""
+    return _status_kib(pid, "VmHWM")
