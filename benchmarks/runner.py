@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="cfproxy beside CHP 5.3.0, nginx and direct (no proxy), in one run, with ratios.",
         epilog=f"scenarios: {ids}; groups: {', '.join(scenarios.GROUPS)}")
-    p.add_argument("--quick", action="store_true", help="short run (≤ 3 min): fewer rounds, 1 s each")
+    p.add_argument("--quick", action="store_true", help="short run (~3-4 min): fewer rounds, 1 s each")
     p.add_argument("--only", default="", metavar="SCENARIO[,..]",
                    help="run only these scenarios or groups (comma-separated)")
     p.add_argument("--peers", default=",".join(ALL_PEERS), metavar="P[,..]",
