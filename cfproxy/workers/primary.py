@@ -183,7 +183,15 @@ class Supervisor:
         # the whole table as of feed.seq, then (subscribed) every later batch, in order
         w.channel.send_frame(encode(self.feed.snapshot()))
         self.feed.subscribe(w.sub)
+        if self.started:  # (at start-up, start() bounds the wait and reports)
+            loop = asyncio.get_running_loop()
+            loop.call_later(START_TIMEOUT, self._check_started, w)
         return w
+
+    def _check_started(self, w: WorkerProcess) -> None:
+        """A replacement that never came to serve (hung while starting) is replaced in turn."""
+        if not w.serving and not w.ended and not self.stopping and w in self.workers:
+            self._replace(w, f"did not start serving within {START_TIMEOUT:.0f} s")
 
     # --- messages ----------------------------------------------------------------------
     def _on_message(self, w: WorkerProcess, msg: Any) -> None:
