@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cfproxy.proxy.flow import Deadline, TimerWheel, timer_wheel
+from cfproxy.proxy.deadline import Deadline, TimerWheel, timer_wheel
 
 SLOT = 1 / TimerWheel.RESOLUTION
 

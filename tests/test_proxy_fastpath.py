@@ -14,6 +14,8 @@ import asyncio
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cfproxy.app import App
 from cfproxy.config import Config
@@ -117,6 +119,9 @@ def _splits(head: bytes, body: bytes) -> list[list[bytes]]:
 async def _exchange(config: Config, request: bytes, pieces: list[bytes], shape,
                     monkeypatch) -> tuple:
     monkeypatch.setattr(client_mod, "response_shape", shape)
+    monkeypatch.setattr(client_mod, "chunked_body_complete",
+                        fastpath.chunked_body_complete if shape is not _no_shape
+                        else (lambda data: False))
     # a fixed Date: the two runs of a case may straddle a second boundary
     monkeypatch.setattr(client_mod, "date_header", lambda: b"Date: fixed\r\n")
     monkeypatch.setattr(headers_mod, "date_header", lambda: b"Date: fixed\r\n")
@@ -248,7 +253,8 @@ def test_fast_request_match_gives_the_general_parse_for_every_head(fresh_memos):
 def test_fast_request_match_takes_exactly_the_plain_get_and_head_requests(fresh_memos):
     took = [fastpath.request_fields(h) is not None for h in REQUEST_HEADS]
     assert took == [True] * 5 + [False] * (len(REQUEST_HEADS) - 5)
-    assert fastpath.request_fields(REQUEST_HEADS[1]) == (b"HEAD", b"/a?b=%20", b"Example.org:8080")
+    assert fastpath.request_fields(REQUEST_HEADS[1]) == (b"HEAD", b"/a?b=%20", b"Example.org:8080",
+                                                         None)
 
 
 def test_remembered_heads_stay_bounded_and_keep_the_hot_ones(fresh_memos):
@@ -334,3 +340,61 @@ def test_bounded_cache_remembers_nothing_with_the_fast_paths_off(fresh_memos):
     fastpath.set_enabled(True)
     cache.put("b", 2)
     assert cache.get("b") == 2
+
+
+# --- request heads with a browser's Connection: keep-alive -------------------------------
+
+CONNECTION_HEADS = [
+    # the fast match takes these (Host and one Connection: keep-alive, either order)
+    b"GET /u HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nCookie: c=1\r\n\r\n",
+    b"GET /u HTTP/1.1\r\nConnection: keep-alive\r\nUser-Agent: t\r\nHost: a:1\r\n\r\n",
+    b"HEAD /u HTTP/1.1\r\nhost: a\r\nconnection:   Keep-Alive \t\r\n\r\n",
+    # look-alikes the general code decides
+    b"GET /u HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: keep-alive\r\n\r\n",
+    b"GET /u HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: x\r\n\r\n",
+    b"GET /u HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+    b"GET /u HTTP/1.1\r\nConnection: keep-alive\r\nHost: a\r\nHost: a\r\n\r\n",
+    b"GET /u HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET /u HTTP/1.1\r\nHost: a\r\nConnection: keep-alivex\r\n\r\n",
+]
+
+
+def test_fast_request_match_with_connection_keep_alive_gives_the_general_parse(fresh_memos):
+    took = [fastpath.request_fields(h) is not None for h in CONNECTION_HEADS]
+    assert took == [True] * 3 + [False] * (len(CONNECTION_HEADS) - 3)
+    assert fastpath.request_fields(CONNECTION_HEADS[2]) == (b"HEAD", b"/u", b"a", b"Keep-Alive")
+    fast = [_parse_outcome(h) for h in CONNECTION_HEADS]
+    fastpath.set_enabled(False)
+    general = [_parse_outcome(h) for h in CONNECTION_HEADS]
+    for head, a, b in zip(CONNECTION_HEADS, fast, general, strict=True):
+        assert a == b, head
+
+
+# --- a whole chunked body in one read ----------------------------------------------------
+
+def _reader_takes_all(data: bytes) -> bool:
+    reader = parser.ChunkedReader()
+    try:
+        return reader.feed(data) == len(data) and reader.done
+    except parser.HTTPError:
+        return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(min_size=1, max_size=40), max_size=4),
+       upper=st.booleans(), ext=st.booleans(), trailer=st.booleans(),
+       cut=st.integers(min_value=0, max_value=3), extra=st.sampled_from([b"", b"x", b"\r\n"]))
+def test_whole_chunked_body_check_agrees_with_the_chunked_reader(chunks, upper, ext, trailer,
+                                                                  cut, extra):
+    fastpath.set_enabled(True)
+    body = b"".join((b"%X" if upper else b"%x") % len(c) + (b";e=1" if ext else b"") + b"\r\n"
+                    + c + b"\r\n" for c in chunks)
+    body += b"0\r\n" + (b"T: v\r\n" if trailer else b"") + b"\r\n"
+    body = body[:len(body) - cut] + extra if cut or extra else body
+    fast = fastpath.chunked_body_complete(body)
+    assert fastpath.chunked_body_complete(b"HEAD" + body, 4) == fast  # from an offset
+    if fast:
+        assert _reader_takes_all(body)  # never claims more than the general reader
+    if not ext and not trailer and not cut and not extra:
+        assert fast  # and takes the plain whole bodies it is for
+    fastpath.set_enabled(fastpath._env_enabled())

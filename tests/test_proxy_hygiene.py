@@ -127,7 +127,8 @@ class ScriptedTarget:
 
 
 def keep_alive_script(conn: socket.socket, target: ScriptedTarget) -> None:
-    """A plain HTTP/1.1 server: answers every request, closes when the request said so."""
+    """An HTTP/1.1 server like nginx: answers every request with `Connection: keep-alive`,
+    or `close` (and closes) when the request said so."""
     buf = bytearray()
     while True:
         try:
@@ -136,8 +137,8 @@ def keep_alive_script(conn: socket.socket, target: ScriptedTarget) -> None:
             return
         payload = b"ok:" + body
         close = b"connection: close" in head.lower()
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (
-            len(payload), b"Connection: close\r\n" if close else b"", payload))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s" % (
+            len(payload), b"close" if close else b"keep-alive", payload))
         if close:
             return
 
@@ -259,12 +260,13 @@ def test_a_clients_connection_close_ends_only_the_client_hop(proxy, target):
         s.sendall(b"GET /c/%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % i)
         head, body, _ = read_response(s)
         assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head.lower()
+        assert b"keep-alive" not in head.lower()  # the target's keep-alive is not relayed
         assert closed_by_peer(s, 5)
         s.close()
         s = connect(p.port)  # HTTP/1.0 without keep-alive: the same
         s.sendall(b"GET /h/%d HTTP/1.0\r\nHost: x\r\n\r\n" % i)
         head, body, _ = read_response(s)
-        assert body == b"ok:" and closed_by_peer(s, 5)
+        assert body == b"ok:" and b"connection: close" in head.lower() and closed_by_peer(s, 5)
         s.close()
     # a POST after them works, on the same upstream connection
     s = connect(p.port)

@@ -79,10 +79,6 @@ def test_soak_rss_stays_flat_after_warmup(soak: dict) -> None:
     assert f["rss_growth_mib"] <= f["rss_growth_allowed_mib"], f
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 10: a client that gives up while its request waits for a hanging target leaves "
-    "its client and upstream sockets open (the hot-path branch fixes it); remove this mark "
-    "when that fix is merged"))
 def test_soak_passes_and_exits_zero(soak: dict) -> None:
     assert soak["data"]["verdict"] == "pass", soak["data"]["reasons"]
     assert soak["rc"] == 0, soak["stdout"][-2000:]

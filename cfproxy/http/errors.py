@@ -22,6 +22,7 @@ import asyncio
 import os
 from urllib.parse import parse_qsl, quote_plus, urlsplit
 
+from cfproxy.http.chunked import dechunk
 from cfproxy.http.status import reason, status_line
 from cfproxy.log import debug_enabled, log
 
@@ -48,25 +49,6 @@ def response_bytes(code: int, headers: list[tuple[bytes, bytes]], body: bytes,
         out.append(b"Connection: close\r\n")
     out.append(b"Content-Length: %d\r\n\r\n" % len(body))
     out.append(body)
-    return b"".join(out)
-
-
-def dechunk(data: bytes) -> bytes:
-    """Decode a complete chunked body (error pages only; lenient, stops at what parses)."""
-    out = []
-    i = 0
-    while True:
-        j = data.find(b"\r\n", i)
-        if j < 0:
-            break
-        try:
-            size = int(data[i:j].split(b";")[0].strip(), 16)
-        except ValueError:
-            break
-        if size == 0:
-            break
-        out.append(data[j + 2:j + 2 + size])
-        i = j + 2 + size + 2
     return b"".join(out)
 
 

@@ -110,28 +110,37 @@ class BoundedCache:
 # =========================================================================== requests
 
 # Twin of parser.parse_request_head's general code, for the dominant request: an
-# HTTP/1.1 GET or HEAD with an origin-form target, exactly one valid Host, and none of
-# Content-Length, Transfer-Encoding, Connection, Upgrade, Expect; every field line valid
-# as FIELD_LINE. Its framing is then fixed (no body, keep-alive) and only method, target
-# and Host vary. One C-level match, no field scan.
+# HTTP/1.1 GET or HEAD with an origin-form target, exactly one valid Host, at most one
+# `Connection: keep-alive` (what browsers send), and none of Content-Length,
+# Transfer-Encoding, another Connection, Upgrade, Expect; every field line valid as
+# FIELD_LINE. Its framing is then fixed (no body, keep-alive) and only method, target,
+# Host and the Connection value's spelling vary. One C-level match, no field scan; the
+# two alternatives (Host first or Connection first) make the match deterministic.
 _REQ_OTHER = (rb"(?:(?!(?i:host|content-length|transfer-encoding|connection|upgrade|expect):)"
               + FIELD_LINE + rb"\r\n)*")
+_REQ_HOST = rb"(?i:host):[ \t]*(" + HOST + rb")[ \t]*\r\n"
+_REQ_CONNECTION = rb"(?i:connection):[ \t]*((?i:keep-alive))[ \t]*\r\n"
 _request_re = re.compile(
-    rb"(GET|HEAD) (/" + VCHAR + rb"*) HTTP/1\.1\r\n"
-    + _REQ_OTHER
-    + rb"(?i:host):[ \t]*(" + HOST + rb")[ \t]*\r\n"
-    + _REQ_OTHER
+    rb"(GET|HEAD) (/" + VCHAR + rb"*) HTTP/1\.1\r\n" + _REQ_OTHER
+    + rb"(?:" + _REQ_HOST + _REQ_OTHER + rb"(?:" + _REQ_CONNECTION + _REQ_OTHER + rb")?"
+    + rb"|" + _REQ_CONNECTION + _REQ_OTHER + _REQ_HOST + _REQ_OTHER + rb")"
     + rb"\r\n"
 )
 
 
-def request_fields(raw: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """(method, target, Host value) when `raw` (one whole head, request line through the
-    empty line) is the dominant request; None for anything else (take the general code)."""
+def request_fields(raw: bytes) -> tuple[bytes, bytes, bytes, bytes | None] | None:
+    """(method, target, Host value, Connection value or None) when `raw` (one whole head,
+    request line through the empty line) is the dominant request; None for anything else
+    (take the general code)."""
     if not ENABLED:
         return None
     m = _request_re.fullmatch(raw)
-    return None if m is None else m.groups()
+    if m is None:
+        return None
+    method, target, host, connection, connection2, host2 = m.groups()
+    if host is None:
+        return method, target, host2, connection2
+    return method, target, host, connection
 
 
 # The RequestHead of recent dominant heads (parser.parse_request_head): parsing is a
@@ -208,6 +217,36 @@ def response_shape(head: bytes) -> tuple[int, int, bool, bytes] | None:
     return shape
 
 
+_chunk_size_re = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
+_LAST_CHUNK_END = b"0\r\n\r\n"
+
+
+def chunked_body_complete(data: bytes, start: int = 0) -> bool:
+    """True when `data[start:]` is exactly one whole chunked body: chunks without
+    extensions, the last chunk, no trailers (what servers send for a small response, in
+    one read). Twin of parser.ChunkedReader: a fresh reader's `feed(data[start:])` returns
+    its length and is done. False: not decided here (feed a ChunkedReader)."""
+    if not ENABLED or not data.endswith(_LAST_CHUNK_END):
+        return False
+    match = _chunk_size_re.match
+    end = len(data)
+    pos = start
+    while True:
+        m = match(data, pos)
+        if m is None:
+            return False
+        size = int(m.group(1), 16)
+        pos = m.end()
+        if not size:
+            return pos + 2 == end  # the CRLF that ends the (empty) trailer section
+        pos += size
+        if pos + 7 == end:  # the common single chunk: its CRLF and the last chunk remain
+            return data[pos:pos + 2] == b"\r\n"
+        if data[pos:pos + 2] != b"\r\n":
+            return False
+        pos += 2
+
+
 # =========================================================================== request-targets
 
 # Twin of urlpath._routing_path_general / _forward_path_general for a plain
@@ -232,7 +271,7 @@ def plain_target_query(raw_target: bytes) -> int | None:
 
 # (route, forwarded path) per request-target, while the route table is unchanged
 # (client.py); request-targets are the input, the table version guards the rest.
-ROUTE_CACHE_SIZE = 4096
+ROUTE_CACHE_SIZE = 8192
 # Target per target URL (routing/target.py): parse_target is a pure function of the URL.
 TARGET_CACHE_SIZE = 1024
 # Forwarded-head tails per (Host, client address, TLS, Connection present) (headers.py).

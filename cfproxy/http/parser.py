@@ -71,9 +71,9 @@ from __future__ import annotations
 import re
 
 from cfproxy.http import fastpath
+from cfproxy.http.chunked import ChunkedReader
 from cfproxy.http.fastpath import REQUEST_HEAD_MEMO_MAX, REQUEST_HEADS, VALID_HOSTS
 from cfproxy.http.grammar import (
-    CHUNK_HEADER,
     CONTENT_LENGTH,
     FIELD_LINE,
     FIELD_LINES,
@@ -84,8 +84,8 @@ from cfproxy.http.grammar import (
     SIMPLE_REQUEST_LINE,
     STATUS_LINE,
     TOKEN,
-    TRAILER_LINE,
 )
+from cfproxy.http.status import HTTPError
 
 __all__ = [
     "HTTPError",
@@ -97,20 +97,6 @@ __all__ = [
 ]
 
 
-class HTTPError(Exception):
-    """A message we refuse to process. ``status`` is the HTTP status to answer
-    with (400, 413, 414, 431, 501, 505 for requests; 502 for responses) and
-    ``message`` a short human-readable reason for the error body and the log."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(status, message)
-        self.status = status
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.message}"
-
-
 
 _request_line_re = re.compile(REQUEST_LINE)
 _simple_request_line_re = re.compile(SIMPLE_REQUEST_LINE)
@@ -119,7 +105,6 @@ _field_line_re = re.compile(FIELD_LINE)
 _token_re = re.compile(TOKEN)
 _content_length_re = re.compile(CONTENT_LENGTH)
 _host_re = re.compile(HOST)
-_chunk_header_re = re.compile(CHUNK_HEADER)
 # A whole head in one match (request/status line, field lines, empty line): the fast
 # path. Exactly the same language as the line regex + field block regex applied one
 # after the other; a head it refuses goes through the step-by-step checks, which name
@@ -137,7 +122,6 @@ _request_special_re = re.compile(
 _response_special_re = re.compile(
     rb"\r\n(content-length|transfer-encoding|connection|date):[ \t]*([^\r]*)", re.IGNORECASE
 )
-_trailer_line_re = re.compile(TRAILER_LINE)
 # Lower-cased names of the fields that decide framing / connection handling.
 _CONTENT_LENGTH = b"content-length"
 _TRANSFER_ENCODING = b"transfer-encoding"
@@ -430,8 +414,9 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
         return hit, consumed
     fields = fastpath.request_fields(raw)
     if fields is not None:
-        method, target, host = fields
-        head = RequestHead(method, target, 11, None, None, False, True, None, host, False, None, raw)
+        method, target, host, connection = fields
+        head = RequestHead(method, target, 11, None, None, False, True, None, host, False,
+                           connection, raw)
         if len(raw) <= REQUEST_HEAD_MEMO_MAX:
             REQUEST_HEADS.put(raw, head)
         return head, consumed
@@ -660,125 +645,3 @@ def _bad_response_head(raw: bytes) -> HTTPError:
     if int(m.group(3)) < 100:
         return HTTPError(502, "invalid status code")
     return _bad_field_block(raw, line_end + 2, len(raw) - 2, 502)
-
-
-# ---------------------------------------------------------------------------
-# Chunked bodies
-# ---------------------------------------------------------------------------
-
-# ChunkedReader states
-_SIZE = 0  # reading a chunk-size line
-_DATA = 1  # inside chunk-data, _remaining bytes to go
-_DATA_CRLF = 2  # expecting the CRLF after chunk-data (_crlf_seen bytes of it seen)
-_TRAILER = 3  # reading trailer field lines until the empty line
-_DONE = 4
-
-MAX_CHUNK_LINE = 4096  # chunk-size line incl. extensions
-MAX_TRAILER_SIZE = 16 * 1024  # whole trailer section
-
-
-class ChunkedReader:
-    """Find where a chunked body ends, without copying it.
-
-    ``feed(data)`` returns -1 when all of ``data`` belongs to the body and the
-    body is not finished, or ``n`` (0 <= n <= len(data)) when the body ended
-    after ``data[:n]`` (the rest belongs to the next message). Once finished,
-    every further feed returns 0. Raises ``HTTPError(400, ...)`` on a framing
-    error; a caller reading a *response* maps it to 502.
-
-    Cost: O(1) per feed while inside chunk-data (just a counter), so big
-    chunks are free; only size lines and trailers (bounded by MAX_CHUNK_LINE /
-    MAX_TRAILER_SIZE) are looked at byte-wise.
-    """
-
-    __slots__ = ("_state", "_remaining", "_crlf_seen", "_line", "_trailer_size")
-
-    def __init__(self) -> None:
-        self._state = _SIZE
-        self._remaining = 0
-        self._crlf_seen = 0
-        self._line = b""  # partial size/trailer line carried between feeds
-        self._trailer_size = 0
-
-    @property
-    def done(self) -> bool:
-        """True once the last chunk and the trailer section were seen."""
-        return self._state == _DONE
-
-    def feed(self, data: bytes | bytearray) -> int:
-        n = len(data)
-        state = self._state
-        if state == _DATA:
-            remaining = self._remaining
-            if remaining > n:  # the hot path: a piece of a big chunk
-                self._remaining = remaining - n
-                return -1
-        elif state == _DONE:
-            return 0
-        pos = 0
-        while pos < n:
-            if state == _DATA:
-                take = self._remaining
-                if take > n - pos:
-                    self._remaining = take - (n - pos)
-                    return -1
-                pos += take
-                self._remaining = 0
-                state = self._state = _DATA_CRLF
-                self._crlf_seen = 0
-            elif state == _DATA_CRLF:
-                # RFC 9112 7.1: chunk = ... chunk-data CRLF
-                seen = self._crlf_seen
-                if seen == 0 and n - pos >= 2:
-                    if data[pos] != 0x0D or data[pos + 1] != 0x0A:
-                        raise HTTPError(400, "missing CRLF after chunk data")
-                    pos += 2
-                    state = self._state = _SIZE
-                    continue
-                expected = 0x0D if seen == 0 else 0x0A
-                if data[pos] != expected:
-                    raise HTTPError(400, "missing CRLF after chunk data")
-                pos += 1
-                if seen == 1:
-                    state = self._state = _SIZE
-                else:
-                    self._crlf_seen = 1
-            else:  # _SIZE or _TRAILER: line based
-                lf = data.find(b"\n", pos)
-                limit = MAX_CHUNK_LINE if state == _SIZE else MAX_TRAILER_SIZE
-                if lf < 0:
-                    part = bytes(data[pos:])
-                    self._line += part
-                    if len(self._line) > limit or (
-                        state == _TRAILER and self._trailer_size + len(self._line) > limit
-                    ):
-                        raise HTTPError(400, "chunk size line or trailers too long")
-                    return -1
-                line = bytes(data[pos : lf + 1])
-                if self._line:
-                    line = self._line + line
-                    self._line = b""
-                pos = lf + 1
-                if state == _SIZE:
-                    if len(line) > MAX_CHUNK_LINE:
-                        raise HTTPError(400, "chunk size line too long")
-                    m = _chunk_header_re.fullmatch(line)
-                    if m is None:
-                        raise HTTPError(400, "invalid chunk size line")
-                    size = int(m.group(1), 16)
-                    if size == 0:
-                        state = self._state = _TRAILER
-                    else:
-                        self._remaining = size
-                        state = self._state = _DATA
-                else:
-                    if line == b"\r\n":
-                        self._state = _DONE
-                        return pos
-                    self._trailer_size += len(line)
-                    if self._trailer_size > MAX_TRAILER_SIZE:
-                        raise HTTPError(400, "chunked trailers too long")
-                    if _trailer_line_re.fullmatch(line) is None:
-                        raise HTTPError(400, "invalid trailer field")
-        self._state = state
-        return -1

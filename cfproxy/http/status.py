@@ -1,5 +1,6 @@
 """What the proxy writes itself at the start of a response: status lines, reason phrases
-and the `Date` header, each in one place.
+and the `Date` header, each in one place; and `HTTPError`, a message refused with the
+status to answer it with (raised by the parser and the chunked reader).
 
 Every status line cfproxy writes is `HTTP/1.1 <code> <reason>` (quirk Q24: a line
 without its reason phrase is rejected by standard WebSocket clients). `Date` is
@@ -14,6 +15,20 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 _status_lines: dict[int, bytes] = {}
+
+
+class HTTPError(Exception):
+    """A message we refuse to process. ``status`` is the HTTP status to answer
+    with (400, 413, 414, 431, 501, 505 for requests; 502 for responses) and
+    ``message`` a short human-readable reason for the error body and the log."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.message}"
 
 
 def reason(code: int) -> str:

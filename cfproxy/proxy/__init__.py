@@ -1,5 +1,9 @@
-"""The public proxy listener: `make_proxy_protocol_factory(app)` (the data path lives in
-client.py, upstream.py, headers.py, flow.py; upgrades in tunnel.py)."""
+"""The public proxy listener: `make_proxy_protocol_factory(app)`.
+
+The data path: client.py (the exchange), lookup.py (target_for_req), headers.py (what
+the proxy adds to heads), upstream.py (connections to targets and their pools),
+upgrade.py + tunnel.py (101 and raw bytes), flow.py (backpressure), deadline.py
+(timeouts). Fast paths and memos: cfproxy.http.fastpath."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """ClientProtocol: one public client connection, from request head to response end.
 
-Owns the HTTP exchange on the public port (reference 3.1, 3.5, 4.1-4.5, 4.7, 4.10, 5.1):
-parse each request head (cfproxy.http.parser), answer /_chp_healthz, look the route up,
-send the rewritten head and the body bytes to an upstream connection (pooled or being
-opened), relay the response head (rewritten) and body bytes back, and decide per
-exchange whether both connections stay open. Errors before a response head get CHP's
-404/500/503 answers (cfproxy.http.errors); an upstream dying after the head aborts the
-client at once (Q14). Upgrades (WebSocket or any protocol) are routed and forwarded here and handed to
-cfproxy.proxy.tunnel after the target's 101.
+Owns the HTTP exchange on the public port (reference 3.5, 4.1-4.5, 4.7, 4.10, 5.1): parse
+each request head (cfproxy.http.parser), answer /_chp_healthz, find the route
+(cfproxy.proxy.lookup), send the rewritten head (cfproxy.proxy.headers) and the body bytes
+to an upstream connection (pooled or being opened, cfproxy.proxy.upstream), relay the
+response head and body bytes back, and decide per exchange whether both connections stay
+open. Errors before a response head get CHP's 404/500/503 answers (cfproxy.http.errors);
+an upstream dying after the head aborts the client at once (Q14). Upgrades are the
+UpgradeExchange mixin (cfproxy.proxy.upgrade), tunnels cfproxy.proxy.tunnel.
 
 Theory of operation. One request is in flight per connection at a time. An exchange is
 finished when both its request body was read to the end (`req_done`) and its response
@@ -18,23 +18,26 @@ object is written to the upstream as is; the sink is the upstream transport, a p
 list while the connection is being opened, or nothing once the request was answered
 locally (the body is then read and dropped, keeping the connection usable).
 
+Backpressure (flow.py): the target's bytes wait while the client's write buffer is full
+(PEER_BUSY on the upstream), the client's while the target's is (PEER_BUSY here), and
+the client's further requests while its own write buffer is full (WriteFlow), so the
+proxy's own answers cannot queue without limit. Every pause is released when its cause
+goes away (an upstream detached, a request answered early).
+
+Connection hygiene: a client's `Connection: close` ends the client hop only (Q23); a
+client leaving before its answer aborts the upstream request; a request body must arrive
+within --request-timeout (408); a request that loses the keep-alive race on a pooled
+connection before any response byte is sent again once when all of it is at hand.
+
+Hot path: the dominant request and response are decided by the twins in
+cfproxy.http.fastpath (one switch turns them off); a connection repeating its previous
+request (same RequestHead object, same table version) reuses its route and forwarded
+head; dispatch to a pooled connection and the return to the pool are inlined; one write
+per direction per exchange when the response arrives whole. Measurements:
+benchmarks/README.md and the git log.
+
 Must not: await per request, log on success unless debug is on, copy body bytes, or touch
 a store (last_activity is a float written into the Route, 4.10).
-
-Hot path (measured; see the git log for before/after numbers): a small keep-alive GET
-costs ~50k instructions of Python here (callgrind, fake transports; ~98k before the
-fast paths), ~14 us of proxy CPU live (wrk, proxy pinned to one core; was ~20.5),
-against ~1.4 us for a bare uvloop byte relay. Hence: the parser hands out one
-RequestHead per distinct recent head, and a connection repeating its previous request
-(same head object, same `table.version`) reuses its route and forwarded head; otherwise
-(route, forwarded path) is cached per request-target while `table.version` is
-unchanged, and the head is forwarded as received plus a cached tail (headers.py). The
-dominant response (2xx, Content-Length, no Connection / Transfer-Encoding, HTTP/1.1
-client without Connection) is decided by one regex match, remembered per head bytes
-(FAST_RESPONSES), and relayed without a ResponseHead; anything else takes
-parse_response_head + _response_head. Dispatch to a pooled connection and the return
-to the pool are inlined; deadlines are lazy and share one timer wheel per loop
-(flow.py); one write per direction per exchange when the response arrives whole.
 """
 
 from __future__ import annotations
@@ -42,28 +45,23 @@ from __future__ import annotations
 import asyncio
 import time
 
+from cfproxy.http.chunked import Dechunker
 from cfproxy.http.errors import ErrorPages, response_bytes
-from cfproxy.http.fastpath import CRLF, ROUTE_CACHE_SIZE, BoundedCache, response_shape
+from cfproxy.http.fastpath import (
+    CRLF,
+    chunked_body_complete,
+    response_shape,
+)
 from cfproxy.http.parser import (
     ChunkedReader,
     HTTPError,
     parse_request_head,
     parse_response_head,
 )
-from cfproxy.http.status import date_header, status_line
-from cfproxy.http.urlpath import MalformedPath, forward_path, routing_path
+from cfproxy.http.status import date_header
 from cfproxy.log import debug_enabled, log
-from cfproxy.proxy.flow import (
-    CONNECTING,
-    OWN_WRITES,
-    PEER_BUSY,
-    QUEUED,
-    Deadline,
-    ReadGate,
-    TimerWheel,
-    WriteFlow,
-    timer_wheel,
-)
+from cfproxy.proxy.deadline import Deadline, TimerWheel, timer_wheel
+from cfproxy.proxy.flow import CONNECTING, OWN_WRITES, PEER_BUSY, QUEUED, ReadGate, WriteFlow
 from cfproxy.proxy.headers import (
     BODY_CHUNKED,
     BODY_CLOSE,
@@ -72,9 +70,10 @@ from cfproxy.proxy.headers import (
     BODY_NONE,
     BODY_RECHUNK,
     HeaderRewriter,
-    host_routing_name,
 )
-from cfproxy.proxy.upstream import MAX_IDLE_PER_KEY, Dechunker, UpstreamPools, describe_error
+from cfproxy.proxy.lookup import RouteError, RouteLookup
+from cfproxy.proxy.upgrade import ACTIVE, CLOSED, IDLE, UPGRADING, UpgradeExchange, log_path
+from cfproxy.proxy.upstream import MAX_IDLE_PER_KEY, UpstreamPools, describe_error
 
 HEALTHZ = b"/_chp_healthz"
 HEALTHZ_BODY = b'{"status":"OK"}'
@@ -84,11 +83,6 @@ RESPONSE_HEAD_MAX = 64 * 1024
 LA_SAMPLE = 16  # last_activity_updating: one timed update per this many (see _timed_activity)
 REPLAY_MAX = 64 * 1024  # request bytes kept to resend once on a stale pooled connection
 
-# connection states
-IDLE = 0  # between requests / reading a head
-ACTIVE = 1  # an exchange is in flight
-UPGRADING = 2  # an upgrade request waits for the target's 101
-CLOSED = 3
 
 # what the connection deadline is guarding
 T_KEEPALIVE, T_HEAD, T_ACTIVITY = 1, 2, 3
@@ -121,21 +115,12 @@ class ProxyContext:
         self.debug = debug_enabled()
         self.fast_paths = c.fast_paths
         self.connections = app.connections
-        # request-target (host-prefixed under host routing) -> (Route, forwarded path),
-        # valid for table.version == route_cache_version
-        self.route_cache = BoundedCache(ROUTE_CACHE_SIZE)
-        self.route_cache_version = -1
+        self.lookup = RouteLookup(app)  # target_for_req and its cache
         self.wheel: TimerWheel | None = None  # the loop's deadline wheel, on first connection
         self.la_sample = 1  # countdown to the next timed last_activity update (the first is)
 
 
-def log_path(target: bytes) -> str:
-    """The request-target without its query, for log lines (reference 7)."""
-    i = target.find(b"?")
-    return (target if i < 0 else target[:i]).decode("latin-1")
-
-
-class ClientProtocol(asyncio.Protocol):
+class ClientProtocol(UpgradeExchange, asyncio.Protocol):
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         # --- connection ---
@@ -400,55 +385,27 @@ class ClientProtocol(asyncio.Protocol):
             ctx.metrics.bytes_out += len(CONTINUE)
             self.transport.write(CONTINUE)
 
-        # route lookup (3.1) and the forwarded path (3.4), cached per request-target
-        # while the table is unchanged: a hit is one dict lookup instead of
-        # routing_path + longest_match + forward_path (~3 us of ~20 per small GET).
-        cache = ctx.route_cache
-        version = ctx.table.version
-        if ctx.route_cache_version != version:
-            cache.clear()
-            ctx.route_cache_version = version
+        # route lookup (3.1) and the forwarded path (3.4): lookup.py
         t0 = self.t_start = time.perf_counter()
+        version = ctx.table.version
         if req is self.last_req and version == self.last_version and ctx.fast_paths:
             # The same head object as this connection's previous request (the parser
             # hands out one RequestHead per distinct recent head) and an unchanged
             # table: the same route and the same forwarded head (it depends only on
-            # the head, the route and this connection). Skips the route cache and
-            # request_head: ~0.6 us per repeated request.
+            # the head, the route and this connection). Skips the lookup and
+            # request_head.
             ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
             route = self.route = self.last_route
             if ctx.debug:
                 log.debug("PROXY WEB %s to %s", log_path(raw_target), route.target.url)
             self._dispatch(route, self.last_head)
             return
-        key = (req.host or b"") + b" " + raw_target if ctx.host_routing else raw_target
-        hit = cache.get(key)
-        if hit is not None:
-            ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
-            route, path = hit
-        else:
-            try:
-                lookup = routing_path(raw_target)
-            except MalformedPath as e:  # Q26: a client error (CHP: 500)
-                ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
-                self._proxy_error(400, f"URIError: {e}")
-                self._after_head()
-                return
-            if ctx.host_routing:
-                lookup = "/" + host_routing_name(req.host) + lookup
-            route = ctx.table.longest_match(lookup)
-            ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
-            if route is None:
-                self._proxy_error(404, "")
-                self._after_head()
-                return
-            try:
-                path = self._forward_path(raw_target, route)
-            except Exception as e:  # noqa: BLE001 - CHP: any dispatch exception -> 500
-                self._proxy_error(500, f"Error: {e}")
-                self._after_head()
-                return
-            cache.put(key, (route, path))
+        try:
+            route, path = ctx.lookup.target_for_req(req, t0)
+        except RouteError as e:
+            self._proxy_error(e.status, e.message)
+            self._after_head()
+            return
         self.route = route
         target = route.target
         if ctx.debug:
@@ -516,16 +473,6 @@ class ClientProtocol(asyncio.Protocol):
         self.waiting = False
         self.connecting = self.ctx.pools.connect(self.route.target, self._connected)
         return True
-
-    def _forward_path(self, raw_target: bytes, route) -> bytes:
-        ctx = self.ctx
-        prefix = route.prefix
-        if ctx.host_routing and not ctx.include_prefix:
-            i = prefix.find("/", 1)
-            prefix = prefix[i:] if i > 0 else "/"
-        target = route.target
-        return forward_path(raw_target, prefix, target.path, target.query,
-                            ctx.prepend_path, ctx.include_prefix)
 
     def _after_head(self) -> None:
         """Feed the bytes that followed the head (body start or pipelined requests)."""
@@ -672,9 +619,12 @@ class ClientProtocol(asyncio.Protocol):
             self._response_body(data)
             return
         req = self.req
-        if (not self.resp_buf and self.state == ACTIVE and req.connection is None
+        conn = req.connection
+        if (not self.resp_buf and self.state == ACTIVE
+                and (conn is None or conn == b"keep-alive")
                 and req.version == 11 and req.method != b"HEAD"):
-            # The dominant exchange: an HTTP/1.1 client without a Connection field and a
+            # The dominant exchange: an HTTP/1.1 client without a Connection field (or
+            # with `keep-alive`, which the general code would echo as our tail does) and a
             # response head fastpath.response_shape decides (2xx, Content-Length or
             # chunked, no Connection or keep-alive; memoised per head), relayed without
             # building a ResponseHead. Anything else takes the general code below.
@@ -686,7 +636,8 @@ class ClientProtocol(asyncio.Protocol):
                 if shape is not None and (shape[0] != 201
                                           or not self.ctx.rewriter.rewrite_location):
                     status, length, has_date, tail = shape
-                    if length >= 0 and len(data) - end == length:
+                    if (len(data) - end == length if length >= 0
+                            else chunked_body_complete(data, end)):
                         # the whole response in this read: one write (a syscall saved
                         # per small response)
                         if has_date:
@@ -699,8 +650,8 @@ class ClientProtocol(asyncio.Protocol):
                         metrics = ctx.metrics
                         metrics.requests_proxy[status] += 1
                         metrics.bytes_out += len(out)
-                        self.resp_mode = BODY_LENGTH
-                        self.resp_keep = True  # HTTP/1.1 client, no Connection field
+                        self.resp_mode = BODY_LENGTH if length >= 0 else BODY_CHUNKED
+                        self.resp_keep = True  # HTTP/1.1 client, no Connection: close
                         self.up_reusable = True  # HTTP/1.1 target, keep-alive, framed
                         self.resp_left = 0
                         self.transport.write(out)
@@ -781,6 +732,10 @@ class ClientProtocol(asyncio.Protocol):
                 self._response_done()
                 return
         elif mode == BODY_CHUNKED:
+            if rest and chunked_body_complete(rest):  # fastpath twin of ChunkedReader
+                self.transport.write(head + rest)
+                self._response_done()
+                return
             self.resp_chunks = ChunkedReader()
             if rest:
                 try:
@@ -1087,6 +1042,7 @@ class ClientProtocol(asyncio.Protocol):
         state = self.state
         if self.req_done or (state != ACTIVE and state != UPGRADING) or self.transport is None:
             return
+        self.ctx.metrics.timeouts["request"] += 1
         self._drop_upstream(abort=True)
         if self.error_task is not None:
             self.error_task.cancel()
@@ -1098,134 +1054,6 @@ class ClientProtocol(asyncio.Protocol):
         else:
             self.ctx.metrics.requests_proxy[408] += 1
             self._reject(408, "Request Timeout: the request took too long")
-
-    # ================================================================ upgrades (4.5)
-    def _start_upgrade(self, req) -> None:
-        """Route and forward a request with `Connection: upgrade` (any method, any protocol).
-
-        CHP destroys the socket unless it is a GET asking for `websocket` (4.5); issue 4
-        decided to tunnel whatever protocol the target accepts (a 101) and to relay any
-        other answer as a normal response. WebSocket keeps CHP's ws/wss X-Forwarded-Proto
-        and no X-Forwarded-Host; other protocols get the http/https rules of web requests.
-        A request body (Content-Length or chunked) is forwarded as usual, since the target
-        answers only after reading it; bytes after the body (or after a bodiless head) are
-        held until the target switched, then they open the tunnel.
-        """
-        ctx = self.ctx
-        ctx.metrics.requests_ws += 1
-        self.t_start = time.perf_counter()
-        self.state = UPGRADING
-        self.ws_buf = []
-        buf = self.buf
-        self.buf = b""
-        if self.req_done:
-            if buf:
-                self.ws_buf.append(buf)
-            self.gate.hold(QUEUED)
-        try:
-            key = routing_path(req.target)
-        except MalformedPath as e:  # Q26: a client error (CHP: 500)
-            self._ws_error(400, f"URIError: {e}")
-            return
-        if ctx.host_routing:
-            key = "/" + host_routing_name(req.host) + key
-        t0 = time.perf_counter()
-        route = ctx.table.longest_match(key)
-        ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
-        if route is None:
-            self._ws_error(404, "")
-            return
-        self.route = route
-        if ctx.debug:
-            log.debug("PROXY WS %s to %s", log_path(req.target), route.target.url)
-        try:
-            head = ctx.rewriter.request_head(req, self._forward_path(req.target, route),
-                                             route.target, self.client_ip, self.tls,
-                                             req.upgrade == b"websocket")
-        except Exception as e:  # noqa: BLE001
-            self.route = None
-            self._ws_error(500, f"Error: {e}")
-            return
-        up = ctx.pools.acquire(route.target)
-        if up is not None:
-            self._bind(up)
-            up.transport.write(head)
-        else:
-            self.pending = [head]
-            self.connecting = ctx.pools.connect(route.target, self._ws_connected)
-        if buf and not self.req_done:
-            self._request_body(buf)
-
-    def _ws_connected(self, task: asyncio.Task) -> None:
-        if self.connecting is not task:
-            if not task.cancelled() and task.exception() is None:
-                task.result()[1].close()
-            return
-        self.connecting = None
-        exc = task.exception()
-        if exc is not None:
-            self.pending = None
-            self._upgrade_failed(exc)
-            return
-        _, up = task.result()
-        self._bind(up)
-        pending = self.pending
-        self.pending = None
-        up.transport.writelines(pending)
-        self.gate.release(CONNECTING)  # (held while a request body waited in `pending`)
-
-    def _ws_error(self, code: int, message: str) -> None:
-        """Raw status line, then close (Q13 fixed: CHP leaves the socket open)."""
-        metrics = self.ctx.metrics
-        metrics.requests_proxy[code] += 1
-        metrics.observe_request(time.perf_counter() - self.t_start, code)
-        req = self.req
-        log.error("%s %s %s %s", code, req.method.decode("latin-1"), log_path(req.target), message)
-        data = status_line(code) + b"Content-Length: 0\r\n\r\n"  # Q24: with its reason
-        metrics.bytes_out += len(data)
-        self.transport.write(data)
-        self._close()
-
-    def _upgrade_failed(self, exc: BaseException | None) -> None:
-        if self.state != UPGRADING:
-            return
-        self._drop_upstream(abort=True)
-        route = self.route
-        self.route = None
-        self._ws_error(503, describe_error(exc, route.target) if route else "")
-
-    def _upgrade_response(self, resp, rest: bytes) -> None:
-        """The target answered the upgrade request."""
-        ctx = self.ctx
-        up = self.up
-        if resp.status != 101:
-            # relayed as a normal response, then the connection is closed (4.5)
-            # (a request body still arriving is forwarded to the end as usual)
-            self.state = ACTIVE
-            self.keep_alive = False
-            self.ws_buf = None
-            self._response_head(resp, rest)
-            return
-        from cfproxy.proxy.tunnel import open_tunnel
-
-        self.transport.write(resp.raw)
-        to_upstream = b"".join(self.ws_buf or ())
-        metrics = ctx.metrics
-        metrics.observe_request(time.perf_counter() - self.t_start, 101)  # time to the switch
-        metrics.bytes_out += len(resp.raw)
-        metrics.bytes_in -= len(to_upstream)  # counted by data_received; open_tunnel counts them
-        self.ws_buf = None
-        self.up = None
-        up.owner = None
-        self.state = CLOSED
-        ctx.connections.discard(self)
-        self.deadline.cancel()
-        if self.pdeadline is not None:
-            self.pdeadline.cancel()
-        self.gate.release_all()
-        up.gate.release_all()
-        open_tunnel(ctx.app, self.route, self.transport, up.transport, to_upstream, rest)
-        self.route = None
 
 
 def make_client_protocol_factory(app):

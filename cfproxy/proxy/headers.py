@@ -250,7 +250,14 @@ class HeaderRewriter:
             mode = BODY_RECHUNK if client11 else BODY_CLOSE
         conn = resp.connection
         add_conn = None
-        if conn is None:
+        # Q23: the client's hop ends (its Connection: close was not forwarded) while the
+        # target keeps its connection: the client is told close, not the target's value
+        replace_conn = conn is not None and not req.keep_alive and not has_close(conn)
+        if replace_conn:
+            conn = None
+            add_conn = _CONNECTION_CLOSE
+            keep_alive = False
+        elif conn is None:
             conn = req.connection
             if conn is None:
                 if client11:
@@ -261,14 +268,14 @@ class HeaderRewriter:
                     keep_alive = False
             else:
                 add_conn = b"Connection: " + conn + b"\r\n"
-        if add_conn is None or conn is not None:
+        if not replace_conn and (add_conn is None or conn is not None):
             keep_alive = req.keep_alive and mode < BODY_DECHUNK and not has_close(conn)
         rewrite = self.rewrite_location and resp.status in REDIRECT_STATUSES
         raw = resp.raw
         if resp.version != 11:
             # Node writes its own status line: always HTTP/1.1, whatever the target spoke
             raw = b"HTTP/1.1" + raw[8:]
-        if mode <= BODY_CHUNKED and not rewrite:
+        if mode <= BODY_CHUNKED and not rewrite and not replace_conn:
             # the common case: the head as received plus what is missing (one join)
             if resp.date is not None:
                 if add_conn is None:
@@ -281,6 +288,8 @@ class HeaderRewriter:
             for name, value in resp.headers:
                 ln = name.lower()
                 if ln == b"transfer-encoding" and mode == BODY_DECHUNK:
+                    continue
+                if replace_conn and ln == _CONNECTION:
                     continue
                 if rewrite and ln == b"location":
                     value = self.location(value, target, req.host)

@@ -32,7 +32,8 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 
-from cfproxy.proxy.flow import PEER_BUSY, Deadline, ReadGate
+from cfproxy.proxy.deadline import Deadline
+from cfproxy.proxy.flow import PEER_BUSY, ReadGate
 from cfproxy.routing.target import Target
 
 MAX_IDLE_PER_KEY = 256  # Node's default maxFreeSockets for CHP's keep-alive agent
@@ -86,6 +87,7 @@ class UpstreamConnection(asyncio.Protocol):
     def idle_expired(self) -> None:
         """--upstream-idle-timeout: close a connection that stayed in its pool that long."""
         if self.owner is None and self.alive:
+            self.pools.app.metrics.timeouts["upstream_idle"] += 1
             self.close()
 
     # backpressure: the target reads slower than the client sends
@@ -294,54 +296,3 @@ def describe_error(exc: BaseException | None, target: Target) -> str:
     if isinstance(exc, ConnectionResetError):
         return "read ECONNRESET"
     return f"Error: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
-
-
-class Dechunker:
-    """Incremental decoder of a chunked body, for HTTP/1.0 clients of chunked targets.
-
-    `feed(data) -> (payload: list[bytes], done: bool)`. Rare path (1.0 clients), so
-    plain and byte-range based. Trailers are dropped. Raises ValueError on bad framing.
-    """
-
-    __slots__ = ("state", "left", "line")
-
-    def __init__(self) -> None:
-        self.state = 0  # 0 size line, 1 data, 2 CRLF after data, 3 trailers, 4 done
-        self.left = 0
-        self.line = b""
-
-    def feed(self, data: bytes) -> tuple[list[bytes], bool]:
-        out: list[bytes] = []
-        i, n = 0, len(data)
-        while i < n and self.state != 4:
-            if self.state == 1:
-                take = min(self.left, n - i)
-                out.append(data[i:i + take])
-                i += take
-                self.left -= take
-                if not self.left:
-                    self.state = 2
-                    self.line = b""
-                continue
-            j = data.find(b"\n", i)
-            if j < 0:
-                self.line += data[i:]
-                if len(self.line) > 8192:
-                    raise ValueError("chunk line too long")
-                break
-            line = (self.line + data[i:j]).rstrip(b"\r")
-            self.line = b""
-            i = j + 1
-            if self.state == 0:
-                size = int(line.split(b";")[0].strip(), 16)
-                if size:
-                    self.left, self.state = size, 1
-                else:
-                    self.state = 3
-            elif self.state == 2:
-                if line:
-                    raise ValueError("missing CRLF after chunk data")
-                self.state = 0
-            elif self.state == 3 and not line:
-                self.state = 4
-        return out, self.state == 4

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from cfproxy.routing.table import Route, RouteTable
 from cfproxy.workers.channel import encode
@@ -41,8 +42,9 @@ class FeedTable(RouteTable):
         super().__init__(host_routing=host_routing)
         self.on_write: Callable[[tuple], None] | None = None
 
-    def add(self, prefix: str, data: dict, last_activity: float | None = None) -> Route:
-        route = super().add(prefix, data, last_activity)
+    def add(self, prefix: str, data: dict, last_activity: float | None = None,
+            *args: Any, **kwargs: Any) -> Route:
+        route = super().add(prefix, data, last_activity, *args, **kwargs)
         if self.on_write is not None:
             self.on_write(("a", prefix, data, route.last_activity))
         return route
