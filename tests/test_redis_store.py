@@ -272,6 +272,7 @@ def test_a_delete_right_after_redis_restarted_empty_stays_deleted_when_replicas_
             assert "refilled it with this replica's 2 route(s)" in a.output()
             for p in (b, c):
                 assert "adopting its 1 route(s)" in p.output()
+                assert "Reconnected to Redis at" in p.output()  # every reconnect is logged
 
 
 def test_replica_exits_1_naming_the_backend_when_redis_is_unreachable_at_start():

@@ -359,3 +359,64 @@ def test_sync_flushes_moved_activity_once_and_applies_feed_activity_as_the_maxim
         sync.note_activity({"/a": 300.0})  # seen by another process: saved at the next flush
         assert await sync.flush() == 1
     run(go())
+
+
+class GatedStore(RouteStore):
+    """Writes wait for `gate`; records what it stored (a store doing slow I/O)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.routes: dict[str, dict] = {}
+        self.puts = 0
+
+    async def load_routes(self):
+        return []
+
+    async def put_route(self, prefix, data, last_activity):
+        self.puts += 1
+        await self.gate.wait()
+        self.routes[prefix] = data
+
+    async def delete_route(self, prefix):
+        await self.gate.wait()
+        return self.routes.pop(prefix, None) is not None
+
+    async def save_activity(self, batch):
+        pass
+
+
+def test_a_write_whose_caller_is_cancelled_still_reaches_store_and_table_in_order():
+    async def go():
+        table, store = RouteTable(), GatedStore()
+        sync = StoreSync(store, table)
+        first = asyncio.ensure_future(sync.add("/a", {"target": T, "v": 1}))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(sync.add("/a", {"target": T, "v": 2}))
+        await asyncio.sleep(0)
+        first.cancel()  # the API client of the first write walked away mid-write
+        await asyncio.sleep(0)
+        store.gate.set()
+        await second
+        assert first.cancelled()
+        assert store.routes["/a"]["v"] == 2 and table.get("/a").data["v"] == 2  # order kept
+        other = asyncio.ensure_future(sync.add("/b", {"target": T}))
+        await asyncio.sleep(0)
+        other.cancel()
+        await asyncio.sleep(0.01)
+        assert "/b" in store.routes and table.get("/b") is not None  # finished in the background
+    run(go())
+
+
+def test_writes_to_one_key_wait_for_each_other_and_others_do_not():
+    async def go():
+        table, store = RouteTable(), GatedStore()
+        sync = StoreSync(store, table)
+        a1 = asyncio.ensure_future(sync.add("/a", {"target": T}))
+        a2 = asyncio.ensure_future(sync.remove("/a"))
+        b = asyncio.ensure_future(sync.add("/b", {"target": T}))
+        await asyncio.sleep(0.01)
+        assert store.puts == 2  # /a and /b are at the store; the remove of /a waits
+        store.gate.set()
+        await asyncio.gather(a1, a2, b)
+        assert [r.prefix for r in table] == ["/b"] and list(store.routes) == ["/b"]
+    run(go())

@@ -108,6 +108,7 @@ RECONNECT_MAX = 5.0  # ... up to this
 CONNECT_TIMEOUT = 2.0  # default socket_connect_timeout (s) unless the URL sets one
 COMMAND_TIMEOUT = 2.0  # default socket_timeout (s): a hung Redis fails API calls, not hangs them
 FLUSH_CHUNK = 1000  # routes per ZADD
+CLOSE_TIMEOUT = 2.0  # seconds close() waits for the sync task
 FULL_RESYNC_EVERY = 6  # the periodic check reads everything every 6th time, else 2 counters
 
 # Our own URL query options; the rest of the query goes to redis-py (socket_timeout, ...).
@@ -297,6 +298,7 @@ class RedisStore(RouteStore):
         pubsub = self._redis.pubsub()
         try:
             await self._call(pubsub.subscribe(self.channel))  # before the snapshot: no gap
+            self._watch_reconnects(pubsub)
             n = await self._call(self.resync())
         except BaseException:
             await _aclose(pubsub)
@@ -315,9 +317,10 @@ class RedisStore(RouteStore):
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            # bounded: redis-py's read timeout can absorb a cancellation (Python 3.11
+            # asyncio.timeout); the loop also checks _closed after every read
+            await asyncio.wait(self._tasks, timeout=CLOSE_TIMEOUT)
         self._tasks = []
         await _aclose(self._redis)
 
@@ -589,19 +592,22 @@ class RedisStore(RouteStore):
         """Apply pub/sub messages, resync periodically; on failure reconnect with backoff."""
         delay = RECONNECT_MIN
         next_resync = time.monotonic() + self.resync_interval
-        while True:
+        while not self._closed:
             try:
                 if pubsub is None:
                     pubsub = self._redis.pubsub()
                     await pubsub.subscribe(self.channel)
+                    self._watch_reconnects(pubsub)
                     n = await self.resync()
                     next_resync = time.monotonic() + self.resync_interval
                     log.warning("Reconnected to Redis at %s: %d route(s) after resync", self.url, n)
                     self.connected = True
                     delay = RECONNECT_MIN
-                while True:
+                while not self._closed:
                     wait = max(0.0, min(1.0, next_resync - time.monotonic()))
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+                    if self._closed:
+                        break
                     if msg is not None and msg.get("type") == "message":
                         self.on_message(msg["data"])
                     if self._resync_wanted:
@@ -625,6 +631,18 @@ class RedisStore(RouteStore):
                 pubsub = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
+        await _aclose(pubsub)
+
+    def _watch_reconnects(self, pubsub: Any) -> None:
+        """redis-py reconnects a broken subscription by itself (one retry) and subscribes
+        again; messages sent meanwhile are lost. Hear about it: log it and resync."""
+        connection = getattr(pubsub, "connection", None)
+        if connection is not None:
+            connection.register_connect_callback(self._on_subscription_reconnect)
+
+    def _on_subscription_reconnect(self, connection: Any) -> None:
+        log.warning("Reconnected to Redis at %s (change subscription); resyncing", self.url)
+        self._resync_wanted = True
 
     # --- errors ---------------------------------------------------------------------------
     def _unavailable(self, e: BaseException) -> RedisUnavailable:

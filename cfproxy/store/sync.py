@@ -11,7 +11,8 @@ default memory store included, reaches the table through this class:
   store write raises and leaves the table as it was). Writes to one key run
   one after the other; writes to different keys overlap (so a store can share
   one commit between them); a write that started finishes even when the API
-  client walks away;
+  client walks away (it is run again in the background: puts and deletes are
+  idempotent);
 - every `flush_interval` seconds (default 1 s) the routes whose last_activity
   the hot path moved past `Route.saved_activity` go to `store.save_activity` in
   one batch; a failed flush is retried at the next tick;
@@ -40,7 +41,7 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from cfproxy.log import log
@@ -120,15 +121,14 @@ class StoreSync:
         prefix = clean_path(prefix)
         parse_target(data.get("target"))  # type: ignore[arg-type]  # before the store; cached
         la = time.time() if last_activity is None else last_activity
-        return await self._serialised(prefix, self._add(prefix, data, la))
+        return await self._write(prefix, self._add, (prefix, data, la))
 
     async def remove(self, prefix: str) -> bool:
         """Delete the route from the store, then from the table; False when there was none."""
         prefix = clean_path(prefix)
-        return await self._serialised(prefix, self._remove(prefix))
+        return await self._write(prefix, self._remove, (prefix,))
 
     async def _add(self, prefix: str, data: dict, la: float) -> Route | None:
-        self._check_open()
         if await self.store.put_route(prefix, data, la) == SUPERSEDED:
             return None
         # (table.add parses the target again: parse_target answers it from its cache;
@@ -138,7 +138,6 @@ class StoreSync:
         return route
 
     async def _remove(self, prefix: str) -> bool:
-        self._check_open()
         existed = await self.store.delete_route(prefix)
         if existed == SUPERSEDED:
             return True
@@ -151,32 +150,45 @@ class StoreSync:
         if self.closed:
             raise StoreUnavailable("route store closed: cfproxy is shutting down")
 
-    async def _serialised(self, prefix: str, write: Coroutine) -> Any:
-        """Run `write` after the previous write to the same key, shielded from cancellation
-        (a write the store may already have taken must also reach the table).
+    async def _write(self, prefix: str, step: Callable[..., Coroutine], args: tuple) -> Any:
+        """Run `step(*args)` (store, then table) after the previous write to the same key.
 
-        It starts eagerly: a write that never suspends (the memory store) completes here,
-        with no Task and no loop iteration (the API answers it inside data_received)."""
+        No Task of its own: a write that never suspends (the memory store) completes inside
+        the caller's first step, so the API answers it inside data_received. When the caller
+        is cancelled while the store is busy (the API client walked away), the store may
+        already have the write: it is run again in the background (puts and deletes are
+        idempotent) so that store and table agree, and later writes to the key wait for it.
+        """
+        loop = asyncio.get_running_loop()
         key = self.table.match_key(prefix)
         previous = self._writing.get(key)
-        if previous is None:
+        mine = loop.create_future()
+        self._writing[key] = mine
+        release = True
+        try:
+            if previous is not None and not previous.done():
+                await asyncio.shield(previous)  # (a cancelled waiter must not cancel it)
+            self._check_open()
             try:
-                first = write.send(None)
-            except StopIteration as done:
-                return done.value
-            task = asyncio.get_running_loop().create_task(_resume(write, first))
-        else:
-            task = asyncio.get_running_loop().create_task(self._after(previous, write))
-        self._writing[key] = task
-        task.add_done_callback(lambda t: self._writing.pop(key, None)
-                               if self._writing.get(key) is t else None)
-        return await asyncio.shield(task)
+                return await step(*args)
+            except asyncio.CancelledError:
+                redo = loop.create_task(step(*args))
+                self._background.add(redo)
+                redo.add_done_callback(self._background.discard)
+                redo.add_done_callback(lambda t: self._release(key, mine, t))
+                release = False
+                raise
+        finally:
+            if release:
+                self._release(key, mine, None)
 
-    @staticmethod
-    async def _after(previous: asyncio.Future, write: Coroutine) -> Any:
-        with contextlib.suppress(BaseException):
-            await previous
-        return await write
+    def _release(self, key: str, mine: asyncio.Future, redo: asyncio.Task | None) -> None:
+        if redo is not None and not redo.cancelled() and redo.exception() is not None:
+            log.error("Finishing an API write whose client left failed: %s", redo.exception())
+        if not mine.done():
+            mine.set_result(None)
+        if self._writing.get(key) is mine:
+            del self._writing[key]
 
     # --- changes made elsewhere -------------------------------------------------------------------
     def apply(self, change: RouteChange) -> None:
@@ -278,40 +290,6 @@ class StoreSync:
                 if failing:
                     log.info("Saving last_activity to the route store works again")
                 failing = False
-
-
-class _Resumed:
-    """Drives a coroutine that already ran its first step and yielded `first` (so a Task
-    can take over a write started eagerly); `yield from` semantics."""
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Coroutine, first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, value = self.coro, self.first
-        while True:
-            try:
-                sent = yield value
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as e:  # noqa: BLE001 - thrown in by the Task
-                try:
-                    value = coro.throw(e)
-                except StopIteration as done:
-                    return done.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as done:
-                    return done.value
-
-
-async def _resume(coro: Coroutine, first: Any) -> Any:
-    return await _Resumed(coro, first)
 
 
 async def load_routes_into(store: RouteStore, table: RouteTable) -> int:
