@@ -337,15 +337,20 @@ class Supervisor:
         delay = min(0.1 * 2 ** (deaths - 1), MAX_BACKOFF) if deaths else 0.0
         log.warning("Worker %d (pid %d) %s; starting a new one%s", w.index, w.pid, w.exit_text,
                     f" in {delay:.1f} s" if delay else "")
-        if delay:
-            await asyncio.sleep(delay)
-        if self.stopping:
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            try:
+                await self.spawn(w.index)
+            except Exception as e:  # noqa: BLE001 - e.g. out of processes: the others keep serving
+                delay = MAX_BACKOFF
+                log.error("Worker %d could not be started (%s); trying again in %.0f s",
+                          w.index, e, delay)
+                continue
+            self.restarts += 1
             return
-        self.restarts += 1
-        try:
-            await self.spawn(w.index)
-        except OSError as e:
-            log.error("Worker %d could not be started: %s", w.index, e)
 
     def current_workers(self) -> list[WorkerProcess]:
         """The newest handle of every worker index (for the up gauge)."""
