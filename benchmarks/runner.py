@@ -39,7 +39,7 @@ PROFILES = {
     # rounds, seconds per measurement, start-up rounds, routes, idle conns, websockets,
     # seconds a pipelining client may write per port
     "quick": {"rounds": 2, "duration": 1.0, "startup_rounds": 3, "routes": 10_000,
-              "idle_conns": 10_000, "websockets": 1_000, "pipeline_s": 3.0},
+              "idle_conns": 10_000, "websockets": 1_000, "pipeline_s": 2.0},
     "full": {"rounds": 3, "duration": 4.0, "startup_rounds": 5, "routes": 100_000,
              "idle_conns": 10_000, "websockets": 1_000, "pipeline_s": 10.0},
 }
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="cfproxy beside CHP 5.3.0, nginx and direct (no proxy), in one run, with ratios.",
         epilog=f"scenarios: {ids}; groups: {', '.join(scenarios.GROUPS)}")
-    p.add_argument("--quick", action="store_true", help="short run (≤ 3 min): fewer rounds, 1 s each")
+    p.add_argument("--quick", action="store_true", help="short run (~3-4 min): fewer rounds, 1 s each")
     p.add_argument("--only", default="", metavar="SCENARIO[,..]",
                    help="run only these scenarios or groups (comma-separated)")
     p.add_argument("--peers", default=",".join(ALL_PEERS), metavar="P[,..]",
@@ -306,11 +306,12 @@ class Run:
         """Each peer's requests/s per response shape ÷ its best shape's (medians)."""
         ran = [sid for sid in scenarios.SHAPE_IDS if sid in self.results.ran]
         for name in self.peers:
-            rates = {sid: self.results.median(sid, "req_per_s", name) for sid in ran}
-            best = max((v for v in rates.values() if v), default=None)
-            for sid, v in rates.items():
-                if v and best:
-                    self.results.add(sid, name, {"vs_best": v / best})
+            for key, out in (("req_per_s", "vs_best"), ("req_per_cpu_s", "vs_best_cpu")):
+                rates = {sid: self.results.median(sid, key, name) for sid in ran}
+                best = max((v for v in rates.values() if v), default=None)
+                for sid, v in rates.items():
+                    if v and best:
+                        self.results.add(sid, name, {out: v / best})
 
     def run_pipeline(self, sc: scenarios.Scenario) -> None:
         """Fresh peer per port kind (freed memory is rarely given back): pipelining RSS growth."""

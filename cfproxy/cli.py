@@ -165,7 +165,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--proxy-timeout <n>", "proxy_timeout", "value",
            "Timeout (in millis) when proxy receives no response from target."),
     Option("--storage-backend <storage-class>", "storage_backend", "value",
-           "Define an external storage class. Defaults to in-MemoryStore."),
+           "Define an external storage class. Defaults to in-MemoryStore. "
+           "sqlite:////abs/path/routes.db keeps routes across restarts "
+           "(?synchronous=full: also across power loss; docs/state.md); "
+           "redis://host:port/db shares them between replicas"),
     Option("--keep-alive-timeout <timeout>", "keep_alive_timeout", "value",
            "Set timeout (in milliseconds) for Keep-Alive connections"),
     # --- cfproxy additions ---

@@ -22,6 +22,11 @@ such updates are timed; body and tunnel chunks are not. `_count` is thus the num
 timed samples, not of updates. (Observing every update cost ~0.6 us per small request,
 more than the write it measures; the quantiles of a constant-cost write lose nothing.)
 
+`timeouts[kind] += 1` is bumped once where each timeout fires (TIMEOUT_KINDS: the public
+port's header, request, activity, proxy and keep-alive timeouts, the upstream pools' idle
+timeout, the API's and the small listeners'). `loop_lag` (LoopLag) samples how late the
+event loop runs a timer; the metrics listener starts it.
+
 Summaries keep quantiles over the whole process lifetime (as prom-client does) with a
 merging t-digest: `observe()` appends to a buffer (O(1)); every `_BUFFER` observations
 the buffer is folded into at most ~`_COMPRESSION` centroids (a sort of a few

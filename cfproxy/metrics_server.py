@@ -320,7 +320,9 @@ class MetricsProtocol(SmallHTTPProtocol):
 
     def handle(self, request: h11.Request) -> Reply:
         if request.target == b"/metrics":
-            return 200, [(b"Content-Type", CONTENT_TYPE)], render_metrics(self.app)
+            # --workers N: the figures of every process (cfproxy/workers/metrics.py)
+            view = getattr(self.app, "metrics_view", None) or self.app
+            return 200, [(b"Content-Type", CONTENT_TYPE)], render_metrics(view)
         return 404, [], b"Not Found"
 
 

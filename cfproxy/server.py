@@ -6,7 +6,10 @@ Owns everything between a finished Config and a running proxy, and back:
     await serve(app) -> exit code    start-up lines, listeners, pid file, wait for a signal, drain
 
 It never parses HTTP and never touches routes except adding --default-target
-at start-up. Start-up lines are CHP's (reference 1.7), on stdout, in CHP's order,
+at start-up. With `--workers N` (N > 1) this process is the primary: the public
+listener is opened by `cfproxy.workers.primary.open_public_with_workers` (bind
+here, accept in N worker processes), the drain also drains the workers and
+SIGHUP is passed on to them; everything else is as below. Start-up lines are CHP's (reference 1.7), on stdout, in CHP's order,
 ending with `Route added / -> T` (JupyterHub and CHP's tests wait for it).
 
 Deviations from CHP, all deliberate (reference 1.7/1.8, quirks Q8, Q22):
@@ -119,8 +122,7 @@ def listener_factory(kind: str, app: Any) -> Callable[[], asyncio.BaseProtocol] 
         except ImportError as e:
             log.error("Metrics server unavailable (%s); --metrics-* ignored", e)
             return None
-        # with --workers N: the figures merged over every process
-        return make_metrics_protocol_factory(getattr(app, "metrics_view", None) or app)
+        return make_metrics_protocol_factory(app)
     if kind == "redirect":
         try:
             from cfproxy.proxy.redirect import make_redirect_protocol_factory

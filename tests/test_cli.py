@@ -500,7 +500,7 @@ CHP_BIN = os.environ.get("CFPROXY_CHP_BIN", "/tmp/chp/node_modules/.bin/configur
 
 
 # flags whose description says more than CHP's (what CHP does but does not say: Q25)
-REWORDED = ("--ssl-request-cert", "--api-ssl-request-cert")
+REWORDED = ("--ssl-request-cert", "--api-ssl-request-cert", "--storage-backend")
 
 
 def _without_rows(lines: list[str], flags: tuple[str, ...]) -> list[str]:
@@ -519,7 +519,7 @@ def _without_rows(lines: list[str], flags: tuple[str, ...]) -> list[str]:
 
 def test_help_says_a_client_certificate_is_then_required():
     text = run_cli("--help").stdout
-    for flag in REWORDED:
+    for flag in ("--ssl-request-cert", "--api-ssl-request-cert"):
         row = "\n".join(_rows_of(text, flag))
         assert "without a valid certificate" in " ".join(row.split())
         assert "refused" in row
@@ -542,3 +542,10 @@ def test_help_is_chp_help_plus_our_flags():
     assert our_lines[:len(chp_lines)] == chp_lines
     added = "\n".join(our_lines[len(chp_lines):-1])
     assert all(flag in added for flag in OUR_FLAGS)
+
+
+def test_help_names_the_durable_and_the_shared_store():
+    row = " ".join(" ".join(_rows_of(run_cli("--help").stdout, "--storage-backend")).split())
+    assert "Defaults to in-MemoryStore" in row
+    assert "sqlite:////abs/path/routes.db" in row and "synchronous=full" in row
+    assert "redis://" in row

@@ -23,7 +23,13 @@ import pytest
 from cfproxy.metrics import LATENCY_BUCKETS, SUMMARY_QUANTILES, Metrics, Summary
 from cfproxy.metrics_server import format_value, render_metrics
 from tests.support.backends import EchoBackend, wait_until
-from tests.support.proxy_process import TOKEN, ProxyProcess, free_port, wait_for_port
+from tests.support.proxy_process import (
+    TOKEN,
+    ProxyProcess,
+    free_port,
+    wait_for_port,
+    wait_for_unix,
+)
 from tests.support.ws_backend import WSBackend
 from tests.support.ws_client import HandshakeRefused, WSClient
 
@@ -488,7 +494,7 @@ def test_metrics_text_has_no_total_suffix_on_chp_counters(proxy):
 def test_metrics_socket_serves_metrics_over_a_unix_socket(tmp_path):
     path = str(tmp_path / "metrics.sock")
     with ProxyProcess("--metrics-socket", path) as p:
-        assert wait_until(lambda: (tmp_path / "metrics.sock").exists())
+        wait_for_unix(path)  # listening, not only bound
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
             s.connect(path)
@@ -500,7 +506,7 @@ def test_metrics_socket_serves_metrics_over_a_unix_socket(tmp_path):
         assert head.startswith(b"HTTP/1.1 200 ")
         assert b"Content-Type: " + CONTENT_TYPE.encode() in head
         assert b"# TYPE requests_web counter\nrequests_web 0\n" in body
-        assert "Serve metrics at http://" in p.output()
+        assert wait_until(lambda: "Serve metrics at http://" in p.output())
 
 
 def test_no_metrics_listener_without_the_flags():

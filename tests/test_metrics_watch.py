@@ -161,8 +161,9 @@ def test_every_timeout_kind_is_a_series_from_the_start(proxy):
 
 
 def test_each_timeout_that_fires_is_counted_by_kind(proxy, backend):
-    p = start(proxy, "--header-timeout", "300", "--proxy-timeout", "300",
-              "--keep-alive-timeout", "300", "--default-target", backend.url)
+    p = start(proxy, "--header-timeout", "300", "--proxy-timeout", "800",
+              "--keep-alive-timeout", "300", "--request-timeout", "300",
+              "--upstream-idle-timeout", "300", "--default-target", backend.url)
 
     def count(kind: str) -> float:
         return samples(p)[f'cfproxy_timeouts_total{{kind="{kind}"}}']
@@ -185,6 +186,14 @@ def test_each_timeout_that_fires_is_counted_by_kind(proxy, backend):
             data += chunk
         assert data.startswith(b"HTTP/1.1 200")
     assert wait_until(lambda: count("keep_alive") == 1)
+    # ...and the upstream connection that served it, idle in its pool: closed by us
+    assert wait_until(lambda: count("upstream_idle") >= 1)
+    # a request body that never ends: 408 after --request-timeout
+    with socket.create_connection(("127.0.0.1", p.port)) as s:
+        s.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"HTTP/1.1 408")
+    assert wait_until(lambda: count("request") == 1)
     # an API request head that never ends: dropped after --header-timeout
     with socket.create_connection(("127.0.0.1", p.api_port)) as s:
         s.sendall(b"GET /api/routes HTTP/1.1\r\n")
@@ -194,3 +203,39 @@ def test_each_timeout_that_fires_is_counted_by_kind(proxy, backend):
     s = samples(p)
     assert s['cfproxy_timeouts_total{kind="header"}'] == 1  # each counted once, where it fired
     assert s['cfproxy_timeouts_total{kind="proxy"}'] == 1
+
+
+# --- the metrics listener's own connection timeouts (cfproxy/http/small_server.py) ------------
+
+def _read_to_close(s: socket.socket) -> tuple[bytes, float]:
+    s.settimeout(10)
+    t0 = time.monotonic()
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data, time.monotonic() - t0
+
+
+def test_idle_api_and_metrics_connections_are_closed_after_five_seconds(proxy):
+    p = start(proxy)
+    with socket.create_connection(("127.0.0.1", p.metrics_port)) as m, \
+            socket.create_connection(("127.0.0.1", p.api_port)) as a:
+        m.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # one request, then nothing
+        a.sendall(b"GET /api/routes HTTP/1.1\r\nHost: x\r\n\r\n")
+        (m_data, m_waited), (a_data, a_waited) = _read_to_close(m), _read_to_close(a)
+    assert m_data.startswith(b"HTTP/1.1 200 OK\r\n") and a_data.startswith(b"HTTP/1.1 403 ")
+    assert 4.5 < m_waited < 7.0  # Node's keepAliveTimeout, as CHP's servers
+    assert a_waited < 7.0
+    s = samples(p)
+    assert s['cfproxy_timeouts_total{kind="api_keep_alive"}'] == 1
+    assert s['cfproxy_timeouts_total{kind="api_header"}'] == 0
+    assert s['cfproxy_timeouts_total{kind="metrics_request"}'] == 0  # no request was cut
+
+
+def test_an_api_connection_that_sends_nothing_is_cut_by_the_header_timeout(proxy):
+    p = start(proxy, "--header-timeout", "300")
+    with socket.create_connection(("127.0.0.1", p.api_port)) as a:
+        data, waited = _read_to_close(a)
+    assert data == b"" and waited < 3.0
+    assert wait_until(lambda: samples(p)['cfproxy_timeouts_total{kind="api_header"}'] == 1)
+    assert samples(p)['cfproxy_timeouts_total{kind="api_keep_alive"}'] == 0

@@ -22,7 +22,7 @@ from tests.support.flood import flood, rss_kib
 from tests.support.proxy_process import TOKEN, ProxyProcess, free_port, wait_for_port
 
 MAX_GROWTH_KIB = 20 * 1024
-FLOOD_SECONDS = 5.0
+FLOOD_SECONDS = 4.0
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def check_flood(p: ProxyProcess, port: int, request: bytes, served_by_others) ->
         assert growth < MAX_GROWTH_KIB, f"RSS grew {growth >> 10} MiB"
         t0 = time.monotonic()
         served_by_others()
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 5.0  # generous: 2 shared cores under load
         # the flooder reads again: the proxy reads its requests again (the pause is released)
         assert _resumes(result.sock, timeout=10.0)
     finally:
@@ -116,5 +116,6 @@ def test_redirect_flood_is_held_back(proxy, certs):
     p = proxy("--ssl-key", certs.server_key, "--ssl-cert", certs.server_cert,
               "--redirect-port", str(rport))
     p.wait_for_output("Added HTTP to HTTPS redirection")
-    check_flood(p, rport, b"GET /hub/login HTTP/1.1\r\nHost: pub.example\r\n\r\n",
+    # a long path: each redirect echoes it in Location, so unbounded answers would show fast
+    check_flood(p, rport, b"GET /hub/" + b"a" * 4000 + b" HTTP/1.1\r\nHost: pub.example\r\n\r\n",
                 lambda: _get(rport, "/x")[0] == 301 or pytest.fail("no redirect"))

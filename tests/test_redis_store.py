@@ -215,23 +215,63 @@ def test_proxy_serves_on_while_redis_is_down_and_replicas_resync_after_restart(b
             for p in (a, b):
                 assert routed(p.port, "/ha/first/x") == 200
                 assert routed(p.port, "/ha/second/x") == 200
-            # the API cannot write (or read the shared table): 500 with a clear message
+            # the API cannot write: 500 naming the cause; reads come from memory
             r = request(a.api_port, "POST", "/api/routes/ha/third",
                         [("Authorization", "token secret")], b'{"target": "http://127.0.0.1:9"}')
             assert r.status == 500
-            assert b"RedisUnavailable" in r.body
-            assert api_status(b.api_port, "GET", "/api/routes") == 500
+            assert b"Redis unavailable: connection refused (redis://127.0.0.1:" in r.body
+            assert route_keys(b.api_port, "/ha/") == ["/ha/first", "/ha/second"]
             assert wait_until(lambda: "Lost Redis" in a.output(), timeout=3.0)
             assert routed(b.port, "/ha/first/x") == 200
 
             server.start()  # empty: no persistence
-            # the replicas put their routes back (in their order) and sync again
-            assert wait_until(lambda: api_status(b.api_port, "GET", "/api/routes") == 200, timeout=8.0)
+            # one replica puts the routes back (in its order), the other adopts that data set
+            assert wait_until(lambda: "refilled it with this replica's 2 route(s)" in a.output() + b.output(),
+                              timeout=8.0)
             assert route_keys(b.api_port, "/ha/") == ["/ha/first", "/ha/second"]
             assert api(b.api_port, "POST", "/api/routes/ha/third", {"target": backend.url})[0] == 201
             # A hears it once its reconnect backoff (at most 5 s) has run out
             assert wait_until(lambda: routed(a.port, "/ha/third/x") == 200, timeout=8.0)
             assert "Reconnected to Redis" in a.output()
+
+
+def test_a_delete_right_after_redis_restarted_empty_stays_deleted_when_replicas_reconnect_late(backend):
+    """Redis loses its data; the first replica refills it; the hub deletes /r1 through it (204);
+    the other two reconnect later: they adopt that data set, /r1 never comes back."""
+    import signal
+
+    with RedisServer() as server:
+        url = store_url(server.url, new_prefix())
+        with ProxyProcess("--storage-backend", url) as a, ProxyProcess("--storage-backend", url) as b, \
+                ProxyProcess("--storage-backend", url) as c:
+            for name in ("r1", "r2"):
+                assert api(a.api_port, "POST", f"/api/routes/{name}", {"target": backend.url})[0] == 201
+            for p in (b, c):
+                assert wait_until(lambda p=p: routed(p.port, "/r1/x") == 200, timeout=2.0)
+            for p in (b, c):
+                p.signal(signal.SIGSTOP)  # slow replicas: they notice the restart late
+            try:
+                server.stop()
+                server.start()  # empty: no persistence
+                assert api(a.api_port, "DELETE", "/api/routes/r1")[0] == 204
+            finally:
+                for p in (b, c):
+                    p.signal(signal.SIGCONT)
+            for p in (b, c):  # they notice the new data set (reconnect or periodic check)
+                assert wait_until(lambda p=p: "adopting" in p.output(), timeout=10.0), p.output()
+            time.sleep(1.5)  # and a periodic resync on every replica after that
+            for p in (a, b, c):
+                assert routed(p.port, "/r1/x") == 404, p.output()
+                assert routed(p.port, "/r2/x") == 200
+                assert route_keys(p.api_port, "/r") == ["/r2"]
+            client = redis.Redis.from_url(server.url)
+            try:
+                assert client.hkeys(url.split("prefix=")[1].split("&")[0] + ":routes") == [b"/r2"]
+            finally:
+                client.close()
+            assert "refilled it with this replica's 2 route(s)" in a.output()
+            for p in (b, c):
+                assert "adopting its 1 route(s)" in p.output()
 
 
 def test_replica_exits_1_naming_the_backend_when_redis_is_unreachable_at_start():
@@ -241,7 +281,7 @@ def test_replica_exits_1_naming_the_backend_when_redis_is_unreachable_at_start()
     assert r.returncode == 1
     out = r.stdout + r.stderr
     assert "--storage-backend" in out
-    assert f"Redis at redis://127.0.0.1:{port}/0 is unavailable" in out
+    assert f"Redis unavailable: connection refused (redis://127.0.0.1:{port}/0)" in out
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -263,8 +303,8 @@ def test_bad_store_url_option_exits_1_naming_it(query, word):
 
 
 @pytest.mark.parametrize("where, error", [
-    ("user:{pw}@127.0.0.1:{port}/0", "is unavailable"),
-    ("127.0.0.1:{port}/0?password={pw}", "is unavailable"),
+    ("user:{pw}@127.0.0.1:{port}/0", "Redis unavailable"),
+    ("127.0.0.1:{port}/0?password={pw}", "Redis unavailable"),
     ("user:{pw}@127.0.0.1:{port}/0?flush_interval=never", "flush_interval"),
 ])
 def test_password_in_the_store_url_is_not_logged(where, error):
@@ -308,7 +348,7 @@ def test_unreadable_route_in_redis_is_skipped_by_a_starting_replica(redis_base, 
             assert "Skipping unreadable route" in b.output()
 
 
-# --- RedisStore in-process ------------------------------------------------------------------
+# --- RedisStore in-process, under a StoreSync ------------------------------------------------
 
 class _Config:
     def __init__(self, url: str, host_routing: bool = False) -> None:
@@ -316,111 +356,173 @@ class _Config:
         self.host_routing = host_routing
 
 
-def _with_store(redis_base: str, body, host_routing: bool = False):
-    from cfproxy.store.redis import RedisStore
+class Replica:
+    """One replica's table, RedisStore and StoreSync, in this event loop."""
 
+    def __init__(self, url: str, host_routing: bool = False) -> None:
+        from cfproxy.store.redis import RedisStore
+        from cfproxy.store.sync import StoreSync
+
+        self.table = RouteTable(host_routing=host_routing)
+        self.store = RedisStore(_Config(url, host_routing), self.table)
+        self.sync = StoreSync(self.store, self.table)
+
+    def keys(self) -> list[str]:
+        return [r.prefix for r in self.table]
+
+
+def _with_store(redis_base: str, body, host_routing: bool = False):
     async def main():
-        table = RouteTable(host_routing=host_routing)
-        store = RedisStore(_Config(store_url(redis_base, new_prefix()), host_routing), table)
-        await store.start()
+        r = Replica(store_url(redis_base, new_prefix()), host_routing)
+        await r.sync.start()
         try:
-            return await body(store, table)
+            return await body(r)
         finally:
-            await store.close()
+            await r.sync.close()
 
     return asyncio.run(main())
 
 
-def _with_two_stores(redis_base: str, body):
-    """Two replicas' stores (own tables) on one prefix, in one event loop."""
-    from cfproxy.store.redis import RedisStore
-
+def _with_replicas(redis_base: str, body, n: int = 2):
+    """n replicas on one prefix, in one event loop (no periodic resync or flush)."""
     async def main():
         url = store_url(redis_base, new_prefix(), "resync_interval=60&flush_interval=60")
-        stores = [RedisStore(_Config(url), RouteTable()) for _ in range(2)]
-        for st in stores:
-            await st.start()
+        replicas = [Replica(url) for _ in range(n)]
+        for r in replicas:
+            await r.sync.start()
         try:
-            return await body(*stores)
+            return await body(*replicas)
         finally:
-            for st in stores:
-                await st.close()
+            for r in replicas:
+                await r.sync.close()
 
     return asyncio.run(main())
+
+
+async def _wipe(redis_base: str, keys: list[str]) -> None:
+    client = redis.asyncio.Redis.from_url(redis_base)
+    try:
+        await client.delete(*keys)  # as a restart without persistence would
+    finally:
+        await client.aclose()
 
 
 def test_an_older_last_activity_flushed_later_does_not_win(redis_base):
     async def body(one, two):
-        await one.add("/r", {"target": "http://127.0.0.1:9"})
-        await two.resync()
+        await one.sync.add("/r", {"target": "http://127.0.0.1:9"})
+        await two.store.resync()
         newer, older = time.time() + 100, time.time() + 50
-        one._routes["/r"].last_activity = newer
-        two._routes["/r"].last_activity = older
-        assert await one.flush_activity() == 1
-        assert await two.flush_activity() == 1  # flushed after the newer value
-        await one.resync()
-        for st in (one, two):
-            assert (await st.get_all())["/r"]["last_activity"].timestamp() == pytest.approx(newer, abs=1e-3)
-        one._routes.clear()  # without the local values: Redis alone has the maximum
-        assert (await one.get("/r"))["last_activity"].timestamp() == pytest.approx(newer, abs=1e-3)
+        one.table.get("/r").last_activity = newer
+        two.table.get("/r").last_activity = older
+        assert await one.sync.flush() == 1
+        assert await two.sync.flush() == 1  # flushed after the newer value
+        assert await one.store._redis.zscore(one.store._keys[3], "/r") == pytest.approx(newer, abs=1e-3)
+        await one.store.resync()
+        await two.store.resync()
+        for r in (one, two):
+            assert r.table.get("/r").last_activity == pytest.approx(newer, abs=1e-3)
 
-    _with_two_stores(redis_base, body)
+    _with_replicas(redis_base, body)
+
+
+def test_activity_flushed_by_one_replica_reaches_the_others_table(redis_base):
+    async def body(one, two):
+        await one.sync.add("/r", {"target": "http://127.0.0.1:9"})
+        await two.store.resync()
+        later = time.time() + 30
+        one.table.get("/r").last_activity = later
+        assert await one.sync.flush() == 1
+        for _ in range(100):
+            if two.table.get("/r").last_activity == pytest.approx(later, abs=1e-3):
+                break
+            await asyncio.sleep(0.01)
+        assert two.table.get("/r").last_activity == pytest.approx(later, abs=1e-3)
+        assert await two.sync.flush() == 0  # what it heard from Redis is not sent back
+
+    _with_replicas(redis_base, body)
 
 
 def test_flush_does_not_resurrect_a_route_removed_meanwhile(redis_base):
     async def body(one, two):
-        await one.add("/gone", {"target": "http://127.0.0.1:9"})
-        await two.resync()
-        two._routes["/gone"].last_activity = time.time() + 10
-        await one.remove("/gone")
-        await two.flush_activity()  # before two heard of the remove
-        await two.resync()
-        assert await one.get_all() == {}
-        assert await two.get("/gone") is None
-        assert await one._redis.zscore(one._keys[3], "/gone") is None  # no orphan activity
+        await one.sync.add("/gone", {"target": "http://127.0.0.1:9"})
+        await two.store.resync()
+        two.table.get("/gone").last_activity = time.time() + 10
+        await one.sync.remove("/gone")
+        await two.sync.flush()  # before two heard of the remove
+        await two.store.resync()
+        assert one.keys() == [] and two.keys() == []
+        assert await one.store._redis.zscore(one.store._keys[3], "/gone") is None  # no orphan
 
-    _with_two_stores(redis_base, body)
+    _with_replicas(redis_base, body)
 
 
-def test_redis_that_lost_its_data_gets_the_routes_back_not_an_empty_table(redis_base):
+def test_redis_that_lost_its_data_is_refilled_by_a_replica_holding_routes_not_an_empty_one(redis_base):
     async def body(one, two):
         for name in ("/a", "/b"):
-            await one.add(name, {"target": "http://127.0.0.1:9"})
-        await two.resync()
-        client = redis.asyncio.Redis.from_url(redis_base)
+            await one.sync.add(name, {"target": "http://127.0.0.1:9"})
+        await two.store.resync()
+        await _wipe(redis_base, one.store._keys)
+        # a replica with an empty table starting now does not make "no routes" the truth
+        fresh = Replica(store_url(redis_base, one.store.prefix))
+        await fresh.sync.start()
         try:
-            await client.delete(*one._keys)  # as a restart without persistence would
+            assert fresh.keys() == []
+            assert await one.store._redis.get(one.store._keys[5]) is None  # no data set claimed
+            await one.store.resync()  # holds routes: refills, once
+            await two.store.resync()  # adopts that data set
+            await fresh.store.resync()
+            for r in (one, two, fresh):
+                assert r.keys() == ["/a", "/b"]
+            assert fresh.table.longest_match("/b/x") is not None
         finally:
-            await client.aclose()
-        # a replica with an empty table starting now must not make "no routes" the truth
-        from cfproxy.store.redis import RedisStore
+            await fresh.sync.close()
 
-        fresh = RedisStore(_Config(store_url(redis_base, one.prefix)), RouteTable())
-        await fresh.start()
-        try:
-            assert await fresh.get_all() == {}  # it creates a new (empty) data set ...
-            await one.resync()  # ... which a replica that had routes fills again
-            await two.resync()
-            await fresh.resync()
-            for st in (one, two, fresh):
-                assert list(await st.get_all()) == ["/a", "/b"]
-            assert fresh._table.longest_match("/b/x") is not None
-        finally:
-            await fresh.close()
+    _with_replicas(redis_base, body)
 
-    _with_two_stores(redis_base, body)
+
+def test_a_replica_seeing_a_data_set_it_did_not_build_adopts_it_instead_of_merging(redis_base):
+    """The acknowledged DELETE after a refill stays deleted when a late replica reconnects."""
+    async def body(one, two, three):
+        for name in ("/r1", "/r2"):
+            await one.sync.add(name, {"target": "http://127.0.0.1:9"})
+        for r in (two, three):
+            await r.store.resync()
+        await _wipe(redis_base, one.store._keys)
+        await one.store.resync()  # the first to notice refills
+        assert await one.sync.remove("/r1") is True  # the hub's DELETE, 204
+        await two.store.resync()  # late: sees a data set it did not build
+        await three.store.resync()
+        for r in (one, two, three):
+            assert r.keys() == ["/r2"]
+        assert await one.store._redis.hkeys(one.store._keys[0]) == [b"/r2"]
+
+    _with_replicas(redis_base, body, n=3)
+
+
+def test_only_one_of_several_replicas_refills(redis_base):
+    async def body(one, two):
+        await one.sync.add("/a", {"target": "http://127.0.0.1:9"})
+        await two.store.resync()
+        two.table.add("/only-two", {"target": "http://127.0.0.1:9"})  # a divergent table
+        await _wipe(redis_base, one.store._keys)
+        await asyncio.gather(one.store.resync(), two.store.resync())
+        assert one.keys() == two.keys()
+        assert one.keys() in (["/a"], ["/a", "/only-two"])
+
+    _with_replicas(redis_base, body)
 
 
 def test_late_echo_of_an_older_write_does_not_undo_a_newer_one(redis_base):
-    async def body(store, table):
-        await store.add("/r", {"target": "http://127.0.0.1:9"})
+    async def body(r):
+        store = r.store
+        await r.sync.add("/r", {"target": "http://127.0.0.1:9"})
         seq_add = store._versions["/r"]
-        await store.remove("/r")
-        assert table.get("/r") is None
+        await r.sync.remove("/r")
+        assert r.table.get("/r") is None
         # the add's echo arrives after the remove was applied: ignored
         store.on_message(store._epoch + f" {seq_add} ".encode()
                          + b'{"op":"add","k":"/r","p":"/r","d":{"target":"http://127.0.0.1:9"},"t":1}')
-        assert table.get("/r") is None
+        assert r.table.get("/r") is None
         # a message from another data set asks for a resync instead of being applied
         store.on_message(b"otherepoch 999999 {\"op\":\"remove\",\"k\":\"/x\"}")
         assert store._resync_wanted
@@ -430,53 +532,34 @@ def test_late_echo_of_an_older_write_does_not_undo_a_newer_one(redis_base):
 
 
 def test_host_routing_keys_are_one_route_whatever_the_host_case(redis_base):
-    async def body(store, table):
-        await store.add("/Example.COM/x", {"target": "http://127.0.0.1:9"})
-        await store.add("/example.com/x", {"target": "http://127.0.0.1:10"})
-        routes = await store.get_all()
-        assert list(routes) == ["/example.com/x"]  # one route, the latest spelling (as in memory)
-        assert routes["/example.com/x"]["target"] == "http://127.0.0.1:10"
-        assert (await store.get("/EXAMPLE.com/x"))["target"] == "http://127.0.0.1:10"
-        assert table.longest_match("/example.com/x/y").target.url == "http://127.0.0.1:10"
-        await store.remove("/EXAMPLE.COM/x/")
-        assert await store.get_all() == {}
-        assert len(table) == 0
+    async def body(r):
+        await r.sync.add("/Example.COM/x", {"target": "http://127.0.0.1:9"})
+        await r.sync.add("/example.com/x", {"target": "http://127.0.0.1:10"})
+        assert r.keys() == ["/example.com/x"]  # one route, the latest spelling (as in memory)
+        assert r.table.longest_match("/example.com/x/y").target.url == "http://127.0.0.1:10"
+        assert await r.store._redis.hkeys(r.store._keys[0]) == [b"/example.com/x"]
+        assert await r.sync.remove("/EXAMPLE.COM/x/") is True
+        assert r.keys() == []
+        assert await r.store._redis.hkeys(r.store._keys[0]) == []
 
     _with_store(redis_base, body, host_routing=True)
 
 
-def test_update_merges_data_in_place_and_touch_keeps_the_maximum(redis_base):
-    async def body(store, table):
-        await store.add("/a", {"target": "http://127.0.0.1:9", "user": "x"})
-        await store.add("/b", {"target": "http://127.0.0.1:9"})
-        await store.update("/a", {"user": "y", "target": "http://127.0.0.1:10"})
-        routes = await store.get_all()
-        assert list(routes) == ["/a", "/b"]
-        assert routes["/a"]["user"] == "y"
-        assert table.get("/a").target.url == "http://127.0.0.1:10"
-        await store.update("/missing", {"user": "z"})
-        assert await store.get("/missing") is None
-        later = datetime(2100, 1, 1, tzinfo=timezone.utc)
-        await store.touch("/a", later)
-        await store.touch("/a", datetime(2000, 1, 1, tzinfo=timezone.utc))
-        assert (await store.get("/a"))["last_activity"] == later
-        assert table.get("/a").last_activity == later.timestamp()
-
-    _with_store(redis_base, body)
-
-
-def test_store_raises_redis_unavailable_with_the_url_when_redis_is_gone():
-    from cfproxy.store.redis import RedisStore, RedisUnavailable
+def test_store_raises_redis_unavailable_naming_the_cause_when_redis_is_gone():
+    from cfproxy.store.redis import RedisUnavailable
 
     async def main():
-        store = RedisStore(_Config(f"redis://127.0.0.1:{free_port()}/0?prefix=x"), RouteTable())
+        r = Replica(f"redis://127.0.0.1:{free_port()}/0?prefix=x")
+        pattern = r"Redis unavailable: connection refused \(redis://127\.0\.0\.1:\d+/0"
         try:
-            for call in (store.start(), store.get_all(), store.add("/a", {"target": "http://h"}),
-                         store.remove("/a"), store.get("/a")):
-                with pytest.raises(RedisUnavailable, match=r"Redis at redis://127\.0\.0\.1:\d+/0"):
+            with pytest.raises(RedisUnavailable, match=pattern):
+                await r.sync.start()
+            for call in (r.store.put_route("/a", {"target": "http://h"}, 1.0),
+                         r.store.delete_route("/a")):
+                with pytest.raises(RedisUnavailable, match=pattern):
                     await call
         finally:
-            await store.close()
+            await r.sync.close()
 
     asyncio.run(main())
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.api_client import call
+from tests.api_client import Conn, build, call
 from tests.support.backends import wait_until
 from tests.support.proxy_process import ProxyProcess, free_port, run_cli, wait_for_port
 
@@ -67,6 +67,59 @@ def scrape(port: int) -> str:
 def sample(text: str, name: str) -> float | None:
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else None
+
+
+def socket_inodes(pid: int) -> set[int]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def worker_of(sock: socket.socket, pids: list[int]) -> int | None:
+    """The worker process holding the server side of a client connection to the proxy."""
+    client_port = sock.getsockname()[1]
+    server_port = sock.getpeername()[1]
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote = fields[1], fields[2]
+            if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+                inode = int(fields[9])
+    for pid in pids:
+        if inode is not None and inode in socket_inodes(pid):
+            return pid
+    return None
+
+
+def connections_on_every_worker(port: int, pids: list[int], each: int) -> dict[int, list[socket.socket]]:
+    """Open connections until every worker holds `each` of them (the others are closed)."""
+    by_worker: dict[int, list[socket.socket]] = {pid: [] for pid in pids}
+    for _ in range(50 * each):
+        if all(len(v) >= each for v in by_worker.values()):
+            break
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /probe HTTP/1.1\r\nHost: x\r\n\r\n")  # answered: accepted by now
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+        while len(body) < length:
+            body += s.recv(65536)
+        owner = worker_of(s, pids)
+        if owner is None or len(by_worker[owner]) >= each:
+            s.close()
+        else:
+            by_worker[owner].append(s)
+    assert all(len(v) >= each for v in by_worker.values()), {k: len(v) for k, v in by_worker.items()}
+    return by_worker
 
 
 def worker_pids(p: ProxyProcess, n: int = 2, timeout: float = 10.0) -> list[int]:
@@ -185,6 +238,10 @@ def test_metrics_are_summed_over_workers_and_never_go_down_when_one_is_replaced(
     assert sample(text, "api_route_add") == 1  # the primary's own counters are in too
     assert sample(text, 'cfproxy_worker_up{worker="0"}') == 1
     assert sample(text, 'cfproxy_worker_up{worker="1"}') == 1
+    # gauges come from the workers: their pooled upstream connections, their loops' lag
+    assert sample(text, f'cfproxy_upstream_pooled_connections{{target="{backend.url}"}}') >= 1
+    assert sample(text, "cfproxy_upstream_idle_connections") >= 1
+    assert sample(text, "nodejs_eventloop_lag_seconds") is not None
     cpu_before = sample(text, "process_cpu_seconds_total")
 
     victim = worker_pids(workers)[0]
@@ -254,6 +311,26 @@ def test_a_worker_that_does_not_apply_a_write_is_replaced_and_the_answer_is_not_
     finally:
         try:
             os.kill(pids[0], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_worker_that_does_not_answer_a_read_is_replaced_and_the_read_is_not_held(workers):
+    pids = worker_pids(workers)
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        assert call(workers.api_port, "GET", "/api/routes").status == 200
+        assert 1.5 < time.monotonic() - t0 < 3.5
+        workers.wait_for_output(f"(pid {pids[1]}) did not answer within 2.0 s; replacing it")
+        assert wait_until(lambda: len(children(workers.pid)) == 2 and pids[1] not in children(workers.pid),
+                          timeout=5)
+        t0 = time.monotonic()
+        assert call(workers.api_port, "GET", "/api/routes").status == 200
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        try:
+            os.kill(pids[1], signal.SIGCONT)
         except ProcessLookupError:
             pass
 
@@ -450,3 +527,66 @@ def test_workers_route_what_a_sqlite_store_holds_across_a_restart(proxy, backend
     for i in range(10):
         status, body = get(again.port, f"/q{i}/y")
         assert status == 200 and f'"/q{i}/y"'.encode() in body
+
+
+def test_a_worker_killed_under_load_leaves_the_connections_of_the_others_alone(workers, backend):
+    """2,000 routes, 6 busy keep-alive connections on each worker; one worker is SIGKILLed:
+    the other worker's connections see no error at all, and a replacement serves quickly."""
+    import asyncio
+
+    routes = 2000
+    with Conn(workers.api_port) as c:
+        for i in range(routes):
+            c.send(build("POST", f"/api/routes/l{i}", body=b'{"target": "%s"}' % backend.url.encode()))
+            assert c.read_response().status == 201
+    victim, other = worker_pids(workers)
+    socks = connections_on_every_worker(workers.port, [victim, other], each=6)
+    log: list[tuple[int, float, bool]] = []  # (worker pid, time, ok)
+
+    async def client(pid: int, sock: socket.socket, idx: int, stop_at: float) -> None:
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        n = 0
+        try:
+            while time.time() < stop_at:
+                n += 1
+                writer.write(b"GET /l%d/x HTTP/1.1\r\nHost: x\r\n\r\n" % ((idx * 97 + n) % routes))
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                await reader.readexactly(length)
+                log.append((pid, time.time(), head.startswith(b"HTTP/1.1 200")))
+        except (OSError, asyncio.IncompleteReadError):
+            log.append((pid, time.time(), False))
+        finally:
+            writer.close()
+
+    async def scenario() -> float:
+        start = time.time()
+        tasks = [asyncio.ensure_future(client(pid, s, i, start + 2.5))
+                 for pid, group in socks.items() for i, s in enumerate(group)]
+        await asyncio.sleep(0.8)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = time.time()
+        await asyncio.gather(*tasks)
+        return killed_at
+
+    killed_at = asyncio.run(scenario())
+    assert all(ok for pid, _, ok in log if pid == other)  # not one error on the other worker
+    assert sum(1 for pid, t, ok in log if pid == other and t > killed_at + 1.0) > 50  # kept going
+    assert [t for pid, t, ok in log if pid == victim and not ok]  # the victim's were cut
+    m = re.search(r"Worker \d \(pid \d+\) serving, (\d+) ms after its start",
+                  workers.wait_for_output("ms after its start", timeout=5))
+    assert int(m.group(1)) < 3000
+
+
+def test_a_worker_that_keeps_dying_young_is_restarted_with_a_growing_back_off(workers):
+    seen = set(worker_pids(workers))
+    for _ in range(3):
+        current = worker_pids(workers)
+        new = [pid for pid in current if pid not in seen] or current[:1]
+        seen.update(current)
+        os.kill(new[0], signal.SIGKILL)  # dies within 2 s of its start (except the first)
+        assert wait_until(lambda: len(set(children(workers.pid)) - seen) == 1, timeout=5)
+    out = workers.output()
+    assert "starting a new one in 0.1 s" in out and "starting a new one in 0.2 s" in out, out
+    assert get(workers.port, "/nothing")[0] == 404  # still serving

@@ -219,3 +219,23 @@ def test_the_barrier_waits_for_live_workers_only_and_gives_up_after_the_timeout(
         assert loop.time() - t0 < 0.05
 
     asyncio.run(scenario())
+
+
+# --- the benchmark's --workers dimension ---------------------------------------------------
+
+
+def test_benchmark_workers_flag_reaches_cfproxys_command_line(tmp_path):
+    from benchmarks.peers import CFProxy
+    from benchmarks.runner import Run, parse_args
+
+    args = parse_args(["--quick", "--peers", "cfproxy", "--only", "small-get-10", "--workers", "2"])
+    assert args.workers == 2
+    runner = Run.__new__(Run)  # no backends started: only make_peer is exercised
+    runner.args, runner.backends, runner.tmp = args, None, str(tmp_path)
+    peer = runner.make_peer("cfproxy")
+    assert isinstance(peer, CFProxy)
+    peer.backends = type("B", (), {"http_url": "http://127.0.0.1:9"})()
+    cmd = peer.command(8000, 8001, ())
+    assert cmd[cmd.index("--workers") + 1] == "2"
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "0"])

@@ -15,8 +15,8 @@ from benchmarks.soak.sampler import Sample
 from benchmarks.soak.verdict import pause_ends, rest_level
 
 COLUMNS = ("t (s)", "phase", "fds", "fds − pooled", "RSS (MiB)", "client conns",
-           "upstream conns", "pooled", "tunnels", "loop lag (ms)", "proxy 5xx", "requests",
-           "5xx healthy")
+           "upstream conns", "pooled", "tunnels", "loop lag (ms)", "proxy 5xx", "timeouts",
+           "requests", "5xx healthy")
 
 
 def _cell(v: object) -> str:
@@ -27,7 +27,8 @@ def _row(s: Sample) -> list[str]:
     c = s.counts
     return [f"{s.t:.0f}", s.phase, str(s.fds), str(rest_level(s)), f"{s.rss_mib:.1f}",
             str(s.client_conns), str(s.upstream_conns), _cell(s.pooled), _cell(s.tunnels),
-            _cell(s.lag_ms), _cell(s.proxy_5xx), str(c.get("requests", 0)),
+            _cell(s.lag_ms), _cell(s.proxy_5xx),
+            str(sum(s.timeouts.values())) if s.timeouts else "–", str(c.get("requests", 0)),
             str(c.get("5xx_healthy", 0))]
 
 

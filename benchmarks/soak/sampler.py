@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass, field
 from benchmarks import procs
 
 _LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
-# names the event-loop lag may carry (cfproxy's own, or CHP's nodejs_* counterpart)
-LAG_NAMES = ("cfproxy_event_loop_lag_seconds", "cfproxy_eventloop_lag_seconds",
-             "nodejs_eventloop_lag_seconds", "process_event_loop_lag_seconds")
+# names the event-loop lag may carry, best first: prom-client's (CHP's) names, which cfproxy
+# exports too; the max since the previous scrape shows a stall between two samples
+LAG_NAMES = ("nodejs_eventloop_lag_max_seconds", "nodejs_eventloop_lag_seconds",
+             "cfproxy_event_loop_lag_seconds")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -41,7 +43,9 @@ class Sample:
     proxy_5xx: int | None
     routes: int | None
     counts: dict = field(default_factory=dict)  # the workload's counters at this time
-    upstream_by_target: dict = field(default_factory=dict)  # target kind -> sockets
+    upstream_by_target: dict = field(default_factory=dict)  # target kind -> sockets (/proc)
+    pooled_by_target: dict = field(default_factory=dict)  # metric's target label -> idle conns
+    timeouts: dict = field(default_factory=dict)  # cfproxy_timeouts_total by kind
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +64,10 @@ def parse_metrics(text: str) -> dict[str, list[tuple[str, float]]]:
             except ValueError:
                 pass
     return out
+
+
+def _labels(text: str) -> dict[str, str]:
+    return dict(_LABEL.findall(text))
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -181,10 +189,16 @@ class Sampler:
         if "requests_proxy" in m:
             five = int(sum(v for labels, v in m["requests_proxy"] if re.search(r'"5\d\d"', labels)))
         pooled = one("cfproxy_upstream_idle_connections")
+        by_label = {name: {_labels(labels).get(key, labels): int(v)
+                           for labels, v in m.get(metric, [])}
+                    for name, metric, key in (("pooled", "cfproxy_upstream_pooled_connections",
+                                               "target"),
+                                              ("timeouts", "cfproxy_timeouts_total", "kind"))}
         tunnels = one("cfproxy_open_tunnels")
         routes = one("cfproxy_routes")
         return Sample(round(time.monotonic() - self.t0, 1), phase, fds, round(rss, 1),
                       client, upstream, None if pooled is None else int(pooled),
                       None if tunnels is None else int(tunnels),
                       None if lag is None else round(lag, 2), source, five,
-                      None if routes is None else int(routes), dict(counts), by_target)
+                      None if routes is None else int(routes), dict(counts), by_target,
+                      by_label["pooled"], by_label["timeouts"])

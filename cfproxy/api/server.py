@@ -44,16 +44,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Coroutine, Generator
-from http import HTTPStatus
 from typing import Any
 
 from cfproxy.api.handlers import ApiResponse, Prepared, fail, preflight
 from cfproxy.config import API_MAX_BODY_SIZE
 from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head
+from cfproxy.http.status import date_header, status_line
 from cfproxy.log import log
-from cfproxy.proxy.flow import QUEUED, ReadGate, WriteFlow
+from cfproxy.proxy.flow import QUEUED, Deadline, ReadGate, WriteFlow
 from cfproxy.tls import transport_is_tls
 
 KEEP_ALIVE_S = 5.0  # Node's default, independent of --keep-alive-timeout (reference 2.1)
@@ -65,33 +64,6 @@ _HEAD = 0  # a request head (or nothing yet)
 _BODY_LENGTH = 1  # a Content-Length body
 _BODY_CHUNKED = 2  # a chunked body
 
-_WEEKDAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
-_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
-           b"Nov", b"Dec")
-_date_cache: list[Any] = [0, b""]
-
-
-def _http_date() -> bytes:
-    """IMF-fixdate of now (RFC 9110 5.6.7), rendered once per second."""
-    now = int(time.time())
-    if _date_cache[0] != now:
-        t = time.gmtime(now)
-        _date_cache[0] = now
-        _date_cache[1] = b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
-            _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
-            t.tm_hour, t.tm_min, t.tm_sec)
-    return _date_cache[1]
-
-
-def _status_line(status: int) -> bytes:
-    try:
-        reason = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        reason = b""
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
-
-
-_STATUS_LINES: dict[int, bytes] = {}
 _KEEP_ALIVE = b"connection: keep-alive\r\nkeep-alive: timeout=5\r\n\r\n"
 _CLOSE = b"connection: close\r\n\r\n"
 _CLIENT_CLOSE = b"keep-alive: timeout=5\r\nConnection: close\r\n\r\n"  # as h11 rewrote ours
@@ -199,11 +171,11 @@ class ApiProtocol(asyncio.Protocol):
         self.max_head = app.config.max_head_size
         self.header_timeout = app.config.header_timeout / 1000.0
         self.buf = bytearray()  # received, not yet consumed
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline: float | None = None  # loop.time() when the connection times out
+        self.deadline: Deadline | None = None  # header, keep-alive or linger timeout
         self.gate: ReadGate | None = None  # holds reading: QUEUED (pipelined bytes wait
         self.flow: WriteFlow | None = None  # behind a running handler), OWN_WRITES (flow)
         self.lingering = False  # answered and half-closed; discarding input
+        self.served = False  # an exchange completed: between requests we wait KEEP_ALIVE_S
         self.closed = False
         self.eof = False  # the client half-closed
         self.close_after_response = False
@@ -224,6 +196,7 @@ class ApiProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.loop = asyncio.get_running_loop()  # once: each lookup is a getpid() syscall on 3.11
+        self.deadline = Deadline(self.loop, self._on_timeout)
         self.peer = transport.get_extra_info("peername")
         self.gate = ReadGate(self.transport)
         self.flow = WriteFlow(self.gate, self._on_drain)
@@ -453,11 +426,8 @@ class ApiProtocol(asyncio.Protocol):
 
     def _send(self, response: ApiResponse, close: bool) -> None:
         status = response.status
-        line = _STATUS_LINES.get(status)
-        if line is None:
-            line = _STATUS_LINES[status] = _status_line(status)
         body = response.body if self.method != "HEAD" else b""
-        head = line + b"date: " + _http_date() + b"\r\n"
+        head = status_line(status) + b"date: " + date_header()[6:]  # (h11's lower-case name)
         if response.content_type:
             head += b"content-type: " + response.content_type.encode() + b"\r\n"
         if response.extra_headers:
@@ -497,6 +467,7 @@ class ApiProtocol(asyncio.Protocol):
             return
         self.method = ""
         self.log_path = ""
+        self.served = True
         self.request_started = bool(self.buf) or self.eof
         self._arm(self.header_timeout if self.request_started else KEEP_ALIVE_S)
         self.gate.release(QUEUED)
@@ -520,46 +491,24 @@ class ApiProtocol(asyncio.Protocol):
         self._drop_timer()
         transport.close()
 
-    # One loop timer per connection, moved lazily: each request moves the deadline twice
-    # (header timeout, then keep-alive), and a new TimerHandle + cancel each time was a
-    # measurable part of an API add. The handle stays; if it fires before the current
-    # deadline it re-arms for the rest; it is replaced only when the deadline moves earlier.
+    # The connection's one deadline (proxy/flow.py's Deadline: moving it is a float write,
+    # it shares the loop's timer wheel); each request moves it twice (header timeout, then
+    # keep-alive), so it must be cheap to move.
     def _arm(self, seconds: float) -> None:
-        deadline = self.loop.time() + seconds
-        self.deadline = deadline
-        timer = self.timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return
-            timer.cancel()
-        self.timer = self.loop.call_at(deadline, self._on_timer)
+        self.deadline.set(seconds)
 
     def _cancel_timer(self) -> None:
-        self.deadline = None  # the handle may stay armed; it will find no deadline
+        self.deadline.clear()
 
     def _drop_timer(self) -> None:
-        self.deadline = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _on_timer(self) -> None:
-        self.timer = None
-        deadline = self.deadline
-        if deadline is None or self.closed:
-            return
-        if self.loop.time() < deadline:
-            self.timer = self.loop.call_at(deadline, self._on_timer)
-            return
-        self.deadline = None
-        self._on_timeout()
+        self.deadline.cancel()
 
     def _on_timeout(self) -> None:
-        if self.task is not None:
+        if self.task is not None or self.closed:
             return
         if not self.lingering:
-            busy = self.request_started or self.prepared is not None
-            self.app.metrics.timeouts["api_header" if busy else "api_keep_alive"] += 1
+            idle = self.served and not self.request_started and self.prepared is None
+            self.app.metrics.timeouts["api_keep_alive" if idle else "api_header"] += 1
         self._close()
 
 

@@ -26,24 +26,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import MutableMapping
-from email.utils import formatdate
-from http import HTTPStatus
 
 import h11
 
+from cfproxy.http.status import date_header, reason, status_line
 from cfproxy.log import log
-from cfproxy.proxy.flow import ReadGate, WriteFlow
+from cfproxy.proxy.flow import Deadline, ReadGate, WriteFlow
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, extra headers, body
 
 MAX_HEAD = 16 * 1024
-
-
-def reason_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
 
 
 class SmallHTTPProtocol(asyncio.Protocol):
@@ -64,7 +56,7 @@ class SmallHTTPProtocol(asyncio.Protocol):
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.timeouts = timeouts
         self._request: h11.Request | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: Deadline | None = None  # idle or request timeout (made with the transport)
         self._in_request = False  # a request has started arriving (request_timeout runs)
 
     # subclass hooks ----------------------------------------------------------
@@ -78,6 +70,7 @@ class SmallHTTPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.flow = WriteFlow(ReadGate(self.transport), self._process)
+        self._deadline = Deadline(asyncio.get_running_loop(), self._timed_out)
         self._arm(self.idle_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -93,7 +86,7 @@ class SmallHTTPProtocol(asyncio.Protocol):
         return None  # let the transport close
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        self._deadline.cancel()
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -104,17 +97,9 @@ class SmallHTTPProtocol(asyncio.Protocol):
 
     # internals ------------------------------------------------------------------
     def _arm(self, seconds: float) -> None:
-        self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(seconds, self._timed_out)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline.set(seconds)
 
     def _timed_out(self) -> None:
-        self._timer = None
         if self.transport is None:
             return
         if self._in_request and self.timeouts is not None:
@@ -152,9 +137,9 @@ class SmallHTTPProtocol(asyncio.Protocol):
         except Exception:  # noqa: BLE001 - one bad request must not kill the connection silently
             log.exception("Error answering %s %s", request.method.decode(), request.target)
             status, headers, body = 500, [], b"Internal Server Error"
-        head = h11.Response(status_code=status, reason=reason_phrase(status), headers=[
+        head = h11.Response(status_code=status, reason=reason(status).encode(), headers=[
             *headers,
-            (b"Date", formatdate(usegmt=True).encode()),
+            (b"Date", date_header()[6:-2]),
             (b"Content-Length", str(len(body)).encode()),
         ])
         out = [self.conn.send(head)]
@@ -175,9 +160,9 @@ class SmallHTTPProtocol(asyncio.Protocol):
         assert self.transport is not None
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             status, headers, body = self.bad_request(error)
-            head = [b"HTTP/1.1 %d %s\r\n" % (status, reason_phrase(status))]
+            head = [status_line(status)]
             head += [k + b": " + v + b"\r\n" for k, v in headers]
-            head.append(b"Date: " + formatdate(usegmt=True).encode() + b"\r\n")
+            head.append(date_header())
             head.append(b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
             self.transport.write(b"".join(head) + body)
         self.transport.close()

@@ -1042,6 +1042,7 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         state = self.state
         if self.req_done or (state != ACTIVE and state != UPGRADING) or self.transport is None:
             return
+        self.ctx.metrics.timeouts["request"] += 1
         self._drop_upstream(abort=True)
         if self.error_task is not None:
             self.error_task.cancel()

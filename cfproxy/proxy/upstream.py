@@ -87,6 +87,7 @@ class UpstreamConnection(asyncio.Protocol):
     def idle_expired(self) -> None:
         """--upstream-idle-timeout: close a connection that stayed in its pool that long."""
         if self.owner is None and self.alive:
+            self.pools.app.metrics.timeouts["upstream_idle"] += 1
             self.close()
 
     # backpressure: the target reads slower than the client sends

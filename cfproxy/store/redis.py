@@ -28,9 +28,12 @@ PUBLISHes "<epoch> <seq> <json>" on the channel P:changes, atomically, so
 subscribers see changes in the order Redis applied them.
 
 Rule 2: this replica applies a change to its table when its sequence number
-is newer than what it already knows for that key (the writer applies its own
-write at once, when the script returns, and ignores the echo; a late echo of
-an older write can never undo a newer one).
+is newer than what it already knows for that key (the writer's StoreSync
+applies its own write at once, when the script returns, and the echo is
+ignored; a late echo of an older write can never undo a newer one, and a
+write whose reply comes after a newer change was heard is not applied:
+put_route/delete_route answer SUPERSEDED). Changes reach the table only
+through the StoreSync sink (`watch`), on the event loop thread.
 
 Rule 3: a full resync (snapshot of every key in one MULTI) repairs whatever
 pub/sub lost. It runs at start-up, after a reconnect, on an epoch change, when
@@ -40,26 +43,38 @@ never heard of; every 6th check resyncs regardless (out-of-band edits). Routes
 written after the snapshot (a newer sequence number applied locally) are left
 alone; messages older than the snapshot are ignored.
 
-Rule 4: the epoch detects a Redis that lost its data (restart without
-persistence, FLUSHALL, eviction). A replica that finds the epoch missing, or
-changed under it, merges its own table back into Redis (routes Redis does not
-have are re-added, in the replica's order) and everyone resyncs: a restarted
-Redis gets its routes back from the replicas instead of every replica
-dropping its routes. API reads and writes that find the epoch gone repair
-first, so the Hub never sees the empty interval.
+Rule 4: the epoch names a data set and detects a Redis that lost its data
+(restart without persistence, FLUSHALL, eviction).
+- Refill: a replica that finds no epoch and holds routes refills Redis with
+  its table, once and atomically: the REFILL script claims the epoch with
+  SET NX semantics and writes every route in the same script, or, when
+  another replica claimed it first, writes nothing and returns that epoch.
+  A replica with an empty table never refills (it would make "no routes" the
+  truth); its first write creates the data set (a fresh deployment).
+- Adoption: a replica that sees an epoch it did not build (after a reconnect,
+  or announced on the channel) takes that data set as it is: its table
+  becomes Redis's (routes Redis does not have are dropped). It never merges
+  its own table back, so a DELETE acknowledged after the refill stays done.
+Refill, adoption and every reconnect are logged. The window that remains
+(docs/scale-out.md): a write acknowledged by a replica just before Redis lost
+its data, which the refilling replica had not applied yet, is gone until the
+Hub's next check_routes.
 
 last_activity: the hot path writes a float into the local Route (as with the
-memory store). Every `flush_interval` seconds the routes whose activity moved
-since the last flush are written with `ZADD XX GT` (max of all replicas; a
-removed route is not resurrected). get/get_all answer max(Redis, local), so
-JupyterHub's idle culler sees traffic through any replica.
+memory store); StoreSync hands the routes whose activity moved to
+`save_activity` every `flush_interval` seconds, which writes them with
+`ZADD XX GT` (max of all replicas; a removed route is not resurrected) and
+publishes them; the other replicas merge them into their tables (maximum), so
+GET /api/routes on any replica, answered from memory, shows traffic through
+every replica within about one flush interval.
 
-Redis down: the proxy keeps serving from the local table; API calls raise
-RedisUnavailable (the API answers 500); the sync task reconnects with backoff
-(0.1 s doubling to 5 s) and resyncs.
+Redis down: the proxy keeps serving from the local table, GET /api/routes
+too; API writes raise RedisUnavailable ("Redis unavailable: connection
+refused (redis://...)", the API answers 500 with it); the sync task
+reconnects with backoff (0.1 s doubling to 5 s) and resyncs.
 
-Must not: touch the table from anywhere but the event loop's thread, or be
-awaited on the proxy's hot path. Redis Cluster is not supported (the scripts
+Must not: write the table other than through the sink, or be awaited on the
+proxy's hot path. Redis Cluster is not supported (the scripts
 touch several keys).
 """
 
@@ -69,18 +84,19 @@ import asyncio
 import contextlib
 import math
 import os
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
 from cfproxy.log import log
-from cfproxy.routing.table import Route, RouteTable
-from cfproxy.routing.target import InvalidTarget
-from cfproxy.store.base import RouteStore, to_datetime, to_timestamp
+from cfproxy.routing.table import RouteTable
+from cfproxy.store.base import ChangeSink, RouteChange, RouteStore, StoredRoute, StoreUnavailable
+from cfproxy.store.sync import SUPERSEDED
 
 INSTALL_HINT = "--storage-backend redis://... needs `pip install cfproxy[redis]`"
 
@@ -98,8 +114,8 @@ FULL_RESYNC_EVERY = 6  # the periodic check reads everything every 6th time, els
 _OPTIONS = ("prefix", "resync_interval", "flush_interval")
 
 
-class RedisUnavailable(RuntimeError):
-    """Redis could not be reached or answered with an error; the API answers 500."""
+class RedisUnavailable(StoreUnavailable):
+    """Redis could not be reached or answered with an error; the API answers 500 with it."""
 
 
 # --- Lua: one script per kind of write (rule 1) ---------------------------------------------
@@ -107,7 +123,11 @@ class RedisUnavailable(RuntimeError):
 
 _ADD = """
 local epoch = redis.call('GET', KEYS[6])
-if not epoch then return redis.error_reply('NOEPOCH route store not initialised') end
+if not epoch then
+  if ARGV[6] == '' then return redis.error_reply('NOEPOCH route store not initialised') end
+  epoch = ARGV[6]
+  redis.call('SET', KEYS[6], epoch)
+end
 local seq = redis.call('INCR', KEYS[5])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], seq)
@@ -116,11 +136,15 @@ if ARGV[3] ~= '' then redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1]) end
 redis.call('PUBLISH', ARGV[4], epoch .. ' ' .. seq .. ' ' .. ARGV[5])
 return {seq, epoch}
 """
-# ARGV: 1 match key, 2 value json, 3 last_activity ('' = keep), 4 channel, 5 message json
+# ARGV: 1 match key, 2 value json, 3 last_activity ('' = keep), 4 channel, 5 message json,
+#       6 a new epoch to create the data set with when there is none ('' = refuse: NOEPOCH)
 
 _REMOVE = """
 local epoch = redis.call('GET', KEYS[6])
-if not epoch then return redis.error_reply('NOEPOCH route store not initialised') end
+if not epoch then
+  if ARGV[4] == '' then return redis.error_reply('NOEPOCH route store not initialised') end
+  return {0, ''}
+end
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return {0, epoch} end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -129,30 +153,29 @@ local seq = redis.call('INCR', KEYS[5])
 redis.call('PUBLISH', ARGV[2], epoch .. ' ' .. seq .. ' ' .. ARGV[3])
 return {seq, epoch}
 """
-# ARGV: 1 match key, 2 channel, 3 message json
+# ARGV: 1 match key, 2 channel, 3 message json, 4 '1' = no data set means nothing to remove
 
-_MERGE = """
+_REFILL = """
 local epoch = redis.call('GET', KEYS[6])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[6], epoch)
-end
-local added = 0
+if epoch then return {0, epoch} end
+epoch = ARGV[1]
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+redis.call('SET', KEYS[6], epoch)
+local seq = 0
 for i = 3, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
-    local seq = redis.call('INCR', KEYS[5])
-    redis.call('HSET', KEYS[2], ARGV[i], seq)
-    redis.call('ZADD', KEYS[3], 'NX', seq, ARGV[i])
-    redis.call('ZADD', KEYS[4], 'GT', ARGV[i + 2], ARGV[i])
-    added = added + 1
-  end
+  seq = seq + 1
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[2], ARGV[i], seq)
+  redis.call('ZADD', KEYS[3], seq, ARGV[i])
+  redis.call('ZADD', KEYS[4], ARGV[i + 2], ARGV[i])
 end
-if added > 0 then
-  redis.call('PUBLISH', ARGV[2], epoch .. ' 0 {"op":"resync"}')
-end
-return {added, epoch}
+redis.call('SET', KEYS[5], seq)
+redis.call('PUBLISH', ARGV[2], epoch .. ' 0 {"op":"resync"}')
+return {seq, epoch}
 """
-# ARGV: 1 new epoch (used when none), 2 channel, then (match key, value json, last_activity)*
+# ARGV: 1 the epoch to claim, 2 channel, then (match key, value json, last_activity)*.
+# Claims the epoch only when there is none (SET NX semantics, atomic with the refill): of
+# several replicas noticing the loss at once exactly one refills; the others adopt its set.
 
 
 @dataclass
@@ -204,12 +227,7 @@ def redacted_url(url: str) -> str:
 
 
 class RedisStore(RouteStore):
-    """A RouteStore in Redis, mirrored into this replica's RouteTable (see the module doc)."""
-
-    # Writes through this store are applied to the app's table by the store itself, so the
-    # API does not mirror them. (No `.table` attribute: GET /api/routes must come from
-    # get_all(), which aggregates last_activity over the replicas.)
-    owns_table = True
+    """A RouteStore in Redis, feeding this replica's table through StoreSync (module doc)."""
 
     def __init__(self, config: Any, table: RouteTable | None = None) -> None:
         try:
@@ -220,6 +238,7 @@ class RedisStore(RouteStore):
             raise ImportError(INSTALL_HINT) from None
         self._redis_mod = aioredis
         url = config if isinstance(config, str) else config.storage_backend
+        # read only (match keys, the routes a refill writes back); written through the sink
         self._table = table if table is not None else RouteTable(
             host_routing=bool(getattr(config, "host_routing", False)))
         redis_url, options = parse_url(url)
@@ -248,16 +267,15 @@ class RedisStore(RouteStore):
         self.channel = f"{prefix}:changes"
         self._add_script = self._redis.register_script(_ADD)
         self._remove_script = self._redis.register_script(_REMOVE)
-        self._merge_script = self._redis.register_script(_MERGE)
+        self._refill_script = self._redis.register_script(_REFILL)
 
         # --- sync state (rules 2-4) ---
-        self._routes: dict[str, Route] = {}  # match key -> the Route this store put in the table
+        self._sink: ChangeSink | None = None  # StoreSync: where changes go
         self._epoch: bytes | None = None  # the data set the table mirrors
         self._heard = 0  # every change up to this sequence number was heard on the channel
         self._floor = 0  # sequence number of the last applied snapshot
         self._versions: dict[str, int] = {}  # match key -> seq of the locally applied write
         self._removed: dict[str, int] = {}  # match key -> seq of a remove applied since the snapshot
-        self._flushed: dict[str, float] = {}  # match key -> last_activity Redis has at least
         self._resync_lock = asyncio.Lock()
         self._resync_wanted = False
         self._checks = 0
@@ -266,11 +284,16 @@ class RedisStore(RouteStore):
         self.connected = False  # the sync task's view: subscribed and resynced
 
     # --- lifecycle ------------------------------------------------------------------------
+    def watch(self, sink: ChangeSink) -> None:
+        self._sink = sink
+
     async def start(self) -> None:
-        """Connect, load the table from Redis and start the sync and flush tasks.
+        """Connect, feed every route in Redis to the table, start the sync task.
 
         Raises RedisUnavailable when Redis cannot be reached (the server exits 1).
         """
+        if self._sink is None:
+            raise RuntimeError("RedisStore.start() before watch(): run it under a StoreSync")
         pubsub = self._redis.pubsub()
         try:
             await self._call(pubsub.subscribe(self.channel))  # before the snapshot: no gap
@@ -280,13 +303,13 @@ class RedisStore(RouteStore):
             raise
         log.info("Redis route store %s (prefix %s): %d route(s) loaded", self.url, self.prefix, n)
         self.connected = True
-        self._tasks = [
-            asyncio.create_task(self._sync_loop(pubsub), name="cfproxy-redis-sync"),
-            asyncio.create_task(self._flush_loop(), name="cfproxy-redis-flush"),
-        ]
+        self._tasks = [asyncio.create_task(self._sync_loop(pubsub), name="cfproxy-redis-sync")]
+
+    async def load_routes(self) -> list[StoredRoute]:
+        return []  # start() fed every route through the sink already
 
     async def close(self) -> None:
-        """Flush activity one last time (best effort), stop the tasks, close connections."""
+        """Stop the sync task and close the connections (StoreSync flushed before)."""
         if self._closed:
             return
         self._closed = True
@@ -296,121 +319,68 @@ class RedisStore(RouteStore):
             with contextlib.suppress(BaseException):
                 await task
         self._tasks = []
-        if self.connected:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.flush_activity(), timeout=1.0)
         await _aclose(self._redis)
 
-    # --- the store contract ---------------------------------------------------------------
+    # --- writes (the RouteStore interface) ---------------------------------------------------
     def match_key(self, path: str) -> str:
         return self._table.match_key(self.clean_path(path))
 
-    async def get(self, path: str) -> dict | None:
-        mkey = self.match_key(path)
-        for attempt in (1, 2):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.get(self._keys[5])
-                pipe.hget(self._keys[0], mkey)
-                pipe.zscore(self._keys[3], mkey)
-                epoch, value, activity = await self._call(pipe.execute())
-            if epoch == self._epoch or attempt == 2:
-                break
-            await self._call(self.resync())  # Redis lost its data (rule 4): repair first
-        if value is None:
-            return None
-        try:
-            _prefix, data = _decode_value(value)
-        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            log.warning("Unreadable route %r in %s (a POST replaces it)", mkey, self._keys[0])
-            return None
-        data["last_activity"] = to_datetime(self._aggregate(mkey, activity))
-        return data
-
-    async def get_target(self, path: str) -> tuple[str, dict] | None:
-        route = self._table.longest_match(path)
-        if route is None:
-            return None
-        data = dict(route.data)
-        data["last_activity"] = to_datetime(route.last_activity)
-        return route.prefix, data
-
-    async def get_all(self) -> dict[str, dict]:
-        """Every route in insertion order, last_activity = max over the replicas."""
-        snap = await self._call(self._snapshot())
-        if snap.epoch != self._epoch:  # Redis lost its data (rule 4): repair before answering
-            await self._call(self.resync())
-            snap = await self._call(self._snapshot())
-        out: dict[str, dict] = {}
-        for mkey, prefix, data, _version, activity in snap.routes:
-            data = dict(data)
-            data["last_activity"] = to_datetime(self._aggregate(mkey, activity))
-            out[prefix] = data
-        return out
-
-    async def add(self, path: str, data: dict) -> None:
-        """Store (replace) the route in Redis and in this replica's table; last_activity = now."""
-        data = dict(data)
-        data.pop("last_activity", None)
-        await self._write_add(self.clean_path(path), data, time.time())
-
-    async def update(self, path: str, data: dict) -> None:
-        """Shallow-merge into the route (no-op when absent); last_activity alone is a touch."""
-        data = dict(data)
-        when = to_timestamp(data.pop("last_activity", None)) if "last_activity" in data else None
-        mkey = self.match_key(path)
-        if data:
-            value = await self._call(self._redis.hget(self._keys[0], mkey))
-            if value is None:
-                return
-            prefix, current = _decode_value(value)
-            current.update(data)
-            await self._write_add(prefix, current, when)
-        elif when is not None:
-            await self._call(self._redis.zadd(self._keys[3], {mkey: when}, xx=True))
-            route = self._routes.get(mkey)
-            if route is not None:
-                route.last_activity = when
-                self._flushed[mkey] = when
-
-    async def remove(self, path: str) -> None:
-        mkey = self.match_key(path)
-        message = orjson.dumps({"op": "remove", "k": mkey})
-        result = await self._scripted(self._remove_script, [mkey, self.channel, message])
-        seq, epoch = int(result[0]), result[1]
-        if seq == 0:
-            return  # Redis has no such route; a stale local copy goes at the next resync
-        if epoch != self._epoch:
-            await self._call(self.resync())
-        else:
-            self._apply_remove(mkey, seq)
-
-    async def touch(self, path: str, when: datetime) -> None:
-        """last_activity = max(current, when), in Redis and locally."""
-        mkey = self.match_key(path)
-        ts = when.timestamp()
-        await self._call(self._redis.zadd(self._keys[3], {mkey: ts}, xx=True, gt=True))
-        route = self._routes.get(mkey)
-        if route is not None and route.last_activity < ts:
-            route.last_activity = ts
-
-    # --- writes ---------------------------------------------------------------------------
-    async def _write_add(self, prefix: str, data: dict, when: float | None) -> None:
+    async def put_route(self, prefix: str, data: dict, last_activity: float) -> Any:
+        """Store (replace) the route in Redis; SUPERSEDED when a newer change was applied."""
         mkey = self._table.match_key(prefix)
         value = orjson.dumps({"prefix": prefix, "data": data})
-        message = orjson.dumps({"op": "add", "k": mkey, "p": prefix, "d": data, "t": when})
-        args = [mkey, value, "" if when is None else repr(when), self.channel, message]
+        message = orjson.dumps({"op": "add", "k": mkey, "p": prefix, "d": data, "t": last_activity})
+        create = "" if len(self._table) else os.urandom(8).hex()  # rule 4: only an empty replica
+        args = [mkey, value, repr(last_activity), self.channel, message, create]
         result = await self._scripted(self._add_script, args)
         seq, epoch = int(result[0]), result[1]
         if epoch != self._epoch:
-            await self._call(self.resync())  # another data set: take all of it
-            return
-        if when is None:
-            route = self._routes.get(mkey)
-            when = route.last_activity if route is not None else time.time()
-        self._apply_add(mkey, prefix, data, seq, when)
+            await self._call(self.resync())  # a data set this replica did not have: adopt it
+            return SUPERSEDED  # the resync applied Redis as it is, this write included
+        if seq <= self._known(mkey):
+            return SUPERSEDED
+        self._removed.pop(mkey, None)
+        self._versions[mkey] = seq
+        return None
+
+    async def delete_route(self, prefix: str) -> Any:
+        """Remove the route from Redis: True, False when Redis has none, or SUPERSEDED."""
+        mkey = self._table.match_key(prefix)
+        message = orjson.dumps({"op": "remove", "k": mkey})
+        empty = "" if len(self._table) else "1"
+        result = await self._scripted(self._remove_script, [mkey, self.channel, message, empty])
+        seq, epoch = int(result[0]), result[1]
+        if seq == 0:
+            return False  # Redis has no such route; a stale local copy goes with it
+        if epoch != self._epoch:
+            await self._call(self.resync())
+            return SUPERSEDED
+        if seq <= self._known(mkey):
+            return SUPERSEDED
+        self._versions.pop(mkey, None)
+        self._removed[mkey] = seq
+        return True
+
+    async def save_activity(self, batch: Mapping[str, float]) -> None:
+        """ZADD XX GT (max over replicas, never resurrecting a removed route), then tell the
+        other replicas on the channel."""
+        match_key = self._table.match_key
+        items = [(match_key(prefix), ts) for prefix, ts in batch.items()]
+        epoch = self._epoch
+        if not items or epoch is None:
+            return  # no data set yet: nothing in Redis to record activity for
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in range(0, len(items), FLUSH_CHUNK):
+                    chunk = dict(items[i:i + FLUSH_CHUNK])
+                    pipe.zadd(self._keys[3], chunk, xx=True, gt=True)
+                    pipe.publish(self.channel, epoch + b" 0 " + orjson.dumps({"op": "activity", "a": chunk}))
+                await pipe.execute()
+        except self._redis_mod.RedisError as e:
+            raise self._unavailable(e) from None
 
     async def _scripted(self, script: Any, args: list) -> Any:
-        """Run a write script; on NOEPOCH (Redis lost its data) resync (merges) and retry once."""
+        """Run a write script; on NOEPOCH (Redis lost its data) resync (refills) and retry once."""
         for attempt in (1, 2):
             try:
                 return await script(keys=self._keys, args=args)
@@ -418,8 +388,10 @@ class RedisStore(RouteStore):
                 if attempt == 1 and str(e).startswith("NOEPOCH"):
                     await self._call(self.resync())
                     continue
-                raise RedisUnavailable(f"Redis at {self.url} refused the write: {e}") from None
+                raise RedisUnavailable(f"Redis refused the write: {e} ({self.url})") from None
             except self._redis_mod.RedisError as e:
+                raise self._unavailable(e) from None
+            except OSError as e:
                 raise self._unavailable(e) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -432,7 +404,7 @@ class RedisStore(RouteStore):
             return
         self._removed.pop(mkey, None)
         self._versions[mkey] = seq
-        self._table_add(mkey, prefix, data, when)
+        self._table_add(prefix, data, when)
 
     def _apply_remove(self, mkey: str, seq: int) -> None:
         if seq <= self._known(mkey):
@@ -441,21 +413,17 @@ class RedisStore(RouteStore):
         self._removed[mkey] = seq
         self._table_remove(mkey)
 
-    def _table_add(self, mkey: str, prefix: str, data: dict, when: float) -> bool:
-        try:
-            route = self._table.add(prefix, data, when)
-        except InvalidTarget as e:
-            log.warning("Not routing %s: %s", prefix, e)
-            self._table_remove(mkey)
-            return False
-        self._routes[mkey] = route
-        self._flushed[mkey] = when
-        return True
+    def _table_add(self, prefix: str, data: dict, when: float) -> None:
+        self._sink.apply(RouteChange("add", prefix, data, when))  # type: ignore[union-attr]
 
     def _table_remove(self, mkey: str) -> None:
-        self._table.remove(mkey)
-        self._routes.pop(mkey, None)
-        self._flushed.pop(mkey, None)
+        if self._table.get(mkey) is not None:
+            self._sink.apply(RouteChange("remove", mkey))  # type: ignore[union-attr]
+
+    def _activity(self, seen: dict[str, float]) -> None:
+        """Activity Redis has (max over replicas): merged, and known to be saved."""
+        if seen:
+            self._sink.apply(RouteChange("activity", activity=seen))  # type: ignore[union-attr]
 
     def on_message(self, raw: bytes) -> None:
         """Apply one pub/sub message "<epoch> <seq> <json>"."""
@@ -470,6 +438,14 @@ class RedisStore(RouteStore):
         if epoch != self._epoch or op == "resync":
             self._resync_wanted = True
             return
+        if op == "activity":  # another replica's flush (no sequence number)
+            try:
+                seen = {str(k): float(v) for k, v in msg["a"].items()}
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.warning("Ignoring a malformed message on %s: %r", self.channel, raw[:200])
+                return
+            self._activity(seen)
+            return
         if seq > self._heard:
             if seq != self._heard + 1:
                 self._resync_wanted = True  # a change was lost on the way (rule 3)
@@ -478,7 +454,7 @@ class RedisStore(RouteStore):
             if op == "add":
                 when = msg.get("t")
                 if not isinstance(when, (int, float)):
-                    route = self._routes.get(msg["k"])
+                    route = self._table.get(msg["k"])
                     when = route.last_activity if route is not None else time.time()
                 self._apply_add(msg["k"], msg["p"], msg["d"], seq, float(when))
             elif op == "remove":
@@ -535,29 +511,39 @@ class RedisStore(RouteStore):
         return True
 
     async def resync(self) -> int:
-        """Make the local table equal Redis (rule 3); merge it back first when Redis lost
-        its data (rule 4). Returns the number of routes in the table."""
+        """Make the local table equal Redis (rule 3); refill Redis first when it lost its data
+        and this replica holds routes, adopt a data set this replica did not build (rule 4).
+        Returns the number of routes in the table."""
         async with self._resync_lock:
             self._resync_wanted = False
             snap = await self._snapshot()
-            if snap.epoch is None or (self._epoch is not None and snap.epoch != self._epoch):
-                added = await self._merge_local()
-                if snap.epoch is None and self._epoch is not None:
-                    log.warning("Redis at %s had lost the routes; restored %d from this replica",
-                                self.url, added)
+            if snap.epoch is None and len(self._table):
+                refilled, epoch = await self._refill()
+                if refilled is not None:
+                    log.warning("Redis at %s had no routes: refilled it with this replica's %d "
+                                "route(s) (data set %s)", self.url, refilled, epoch.decode())
                 snap = await self._snapshot()
-                if snap.epoch is None:
-                    raise RedisUnavailable(f"Redis at {self.url}: could not initialise the routes")
+            if snap.epoch is None:
+                return len(self._table)  # nothing to follow yet; the first write creates it
+            if snap.epoch != self._epoch and self._epoch is not None:
+                log.warning("Redis at %s holds data set %s, not %s: adopting its %d route(s) "
+                            "as they are", self.url, snap.epoch.decode(), self._epoch.decode(),
+                            len(snap.routes))
             self._apply_snapshot(snap)
             return len(self._table)
 
-    async def _merge_local(self) -> int:
-        args: list = [os.urandom(8).hex(), self.channel]
-        for mkey, route in self._routes.items():
-            args += [mkey, orjson.dumps({"prefix": route.prefix, "data": route.data}),
+    async def _refill(self) -> tuple[int | None, bytes]:
+        """Claim the epoch and write this replica's table, atomically; (None, epoch) when
+        another replica claimed it first (then this one adopts that data set)."""
+        epoch = os.urandom(8).hex()
+        args: list = [epoch, self.channel]
+        match_key = self._table.match_key
+        for route in self._table:
+            args += [match_key(route.prefix), orjson.dumps({"prefix": route.prefix, "data": route.data}),
                      repr(route.last_activity)]
-        result = await self._merge_script(keys=self._keys, args=args)
-        return int(result[0])
+        result = await self._refill_script(keys=self._keys, args=args)
+        won = result[1] == epoch.encode()
+        return (int(result[0]) if won else None), result[1]
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
         if snap.epoch != self._epoch:
@@ -569,25 +555,28 @@ class RedisStore(RouteStore):
             self._heard = 0
         newer = snap.seq  # local writes above this happened after the snapshot
         present = set()
+        table = self._table
+        seen: dict[str, float] = {}
         for mkey, prefix, data, version, activity in snap.routes:
             present.add(mkey)
             if self._versions.get(mkey, 0) > newer or self._removed.get(mkey, 0) > newer:
                 continue
-            local = self._routes.get(mkey)
-            remote = activity if activity is not None else 0.0
+            local = table.get(mkey)
+            remote = activity if activity is not None else None
             if local is None or local.prefix != prefix or local.data != data:
-                when = remote if activity is not None else time.time()
-                if local is not None:
-                    when = max(when, local.last_activity)
-                if not self._table_add(mkey, prefix, data, when):
-                    continue
-            else:
-                if local.last_activity < remote:
-                    local.last_activity = remote
-            self._flushed[mkey] = remote
+                when = remote if remote is not None else time.time()
+                self._table_add(prefix, data, when)
+                if local is not None and local.last_activity > when:
+                    # activity Redis does not have yet: keep it, and let it be flushed
+                    self._sink.apply(RouteChange(  # type: ignore[union-attr]
+                        "activity", activity={mkey: local.last_activity}, origin="replica"))
+            elif remote is not None:
+                seen[mkey] = remote
             self._versions[mkey] = version
-        for mkey in [k for k in self._routes if k not in present]:
-            if self._versions.get(mkey, 0) > newer:
+        self._activity(seen)
+        for route in list(table):
+            mkey = table.match_key(route.prefix)
+            if mkey in present or self._versions.get(mkey, 0) > newer:
                 continue
             self._table_remove(mkey)
             self._versions.pop(mkey, None)
@@ -595,35 +584,7 @@ class RedisStore(RouteStore):
         self._floor = max(self._floor, newer)
         self._heard = max(self._heard, newer)
 
-    # --- last_activity --------------------------------------------------------------------
-    def _aggregate(self, mkey: str, remote: float | None) -> float:
-        route = self._routes.get(mkey)
-        local = route.last_activity if route is not None else None
-        if remote is None:
-            return local if local is not None else time.time()
-        return remote if local is None else max(remote, local)
-
-    async def flush_activity(self) -> int:
-        """Write the routes whose last_activity moved since the last flush (ZADD XX GT)."""
-        pending: dict[str, float] = {}
-        flushed = self._flushed
-        for mkey, route in self._routes.items():
-            la = route.last_activity
-            if la > flushed.get(mkey, 0.0):
-                pending[mkey] = la
-        if not pending:
-            return 0
-        items = list(pending.items())
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for i in range(0, len(items), FLUSH_CHUNK):
-                pipe.zadd(self._keys[3], dict(items[i:i + FLUSH_CHUNK]), xx=True, gt=True)
-            await pipe.execute()
-        for mkey, la in items:
-            if flushed.get(mkey, 0.0) < la:
-                flushed[mkey] = la
-        return len(items)
-
-    # --- background tasks -----------------------------------------------------------------
+    # --- background task ------------------------------------------------------------------
     async def _sync_loop(self, pubsub: Any) -> None:
         """Apply pub/sub messages, resync periodically; on failure reconnect with backoff."""
         delay = RECONNECT_MIN
@@ -655,26 +616,19 @@ class RedisStore(RouteStore):
             except Exception as e:  # noqa: BLE001 - any failure: reconnect, never die
                 if self.connected:
                     log.warning("Lost Redis at %s (%s); serving from the local table, reconnecting",
-                                self.url, _reason(e))
+                                self.url, _cause(e))
                 else:
-                    log.debug("Redis at %s still unreachable: %s", self.url, _reason(e))
+                    log.info("Redis at %s still unreachable (%s); next try in %.1f s",
+                             self.url, _cause(e), delay)
                 self.connected = False
                 await _aclose(pubsub)
                 pubsub = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            try:
-                await self.flush_activity()
-            except Exception as e:  # noqa: BLE001 - retried at the next tick (the sync task logs)
-                log.debug("last_activity flush to Redis failed: %s", _reason(e))
-
     # --- errors ---------------------------------------------------------------------------
     def _unavailable(self, e: BaseException) -> RedisUnavailable:
-        return RedisUnavailable(f"Redis at {self.url} is unavailable: {_reason(e)}")
+        return RedisUnavailable(f"Redis unavailable: {_cause(e)} ({self.url})")
 
     async def _call(self, awaitable: Any) -> Any:
         """Await a Redis call; its failures become RedisUnavailable with a clear message."""
@@ -696,9 +650,23 @@ def _decode_value(value: bytes) -> tuple[str, dict]:
     return prefix, data
 
 
-def _reason(e: BaseException) -> str:
-    text = str(e)
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+_CONNECT_ERROR = re.compile(r"Error (-?\d+) connecting to \S+?\.? (.+)$")
+
+
+def _cause(e: BaseException) -> str:
+    """A short, lower-case cause: "connection refused", "timed out", "name or service ..."."""
+    text = str(e).strip()
+    m = _CONNECT_ERROR.search(text)
+    if m is not None:
+        code = int(m.group(1))
+        if code > 0:  # an errno: "connection refused", "no route to host", ...
+            return os.strerror(code).lower()
+        return m.group(2).rstrip(".").lower()
+    if isinstance(e, (TimeoutError, asyncio.TimeoutError)) or "Timeout" in type(e).__name__:
+        return "timed out"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused"
+    return text or type(e).__name__
 
 
 async def _aclose(obj: Any) -> None:

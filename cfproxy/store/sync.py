@@ -45,7 +45,7 @@ from typing import Any
 
 from cfproxy.log import log
 from cfproxy.routing.table import Route, RouteTable
-from cfproxy.routing.target import InvalidTarget, Target, parse_target
+from cfproxy.routing.target import InvalidTarget, parse_target
 from cfproxy.store.base import RouteChange, RouteStore, StoredRoute, StoreUnavailable, clean_path
 
 DEFAULT_FLUSH_INTERVAL = 1.0  # seconds between last_activity flushes
@@ -118,20 +118,22 @@ class StoreSync:
         StoreUnavailable or the store's own exception when the store did not take it.
         """
         prefix = clean_path(prefix)
-        target = parse_target(data.get("target"))  # type: ignore[arg-type]  # before the store
+        parse_target(data.get("target"))  # type: ignore[arg-type]  # before the store; cached
         la = time.time() if last_activity is None else last_activity
-        return await self._serialised(prefix, self._add(prefix, data, la, target))
+        return await self._serialised(prefix, self._add(prefix, data, la))
 
     async def remove(self, prefix: str) -> bool:
         """Delete the route from the store, then from the table; False when there was none."""
         prefix = clean_path(prefix)
         return await self._serialised(prefix, self._remove(prefix))
 
-    async def _add(self, prefix: str, data: dict, la: float, target: Target) -> Route | None:
+    async def _add(self, prefix: str, data: dict, la: float) -> Route | None:
         self._check_open()
         if await self.store.put_route(prefix, data, la) == SUPERSEDED:
             return None
-        route = self.table.add(prefix, data, la, target)
+        # (table.add parses the target again: parse_target answers it from its cache;
+        # subclasses of RouteTable, e.g. the --workers FeedTable, take exactly these arguments)
+        route = self.table.add(prefix, data, la)
         await self._notify(RouteChange("add", prefix, data, la, origin="api"))
         return route
 

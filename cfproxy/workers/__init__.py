@@ -5,6 +5,7 @@
     feed.py      the primary table's writes, numbered and acknowledged (read-your-writes)
     channel.py   framed messages over a socketpair
     metrics.py   one registry and one set of process figures over all processes
+    api.py       what the REST API awaits of the workers (fresh activity before a GET)
     cpus.py      `--workers auto`: affinity and cgroup quota
 
 With `--workers 1` (the default) none of this runs: one process does everything.

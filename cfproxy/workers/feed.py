@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from cfproxy.routing.table import Route, RouteTable
-from cfproxy.routing.target import Target
 from cfproxy.workers.channel import encode
 
 DEFAULT_ACK_TIMEOUT = 2.0
@@ -43,8 +43,8 @@ class FeedTable(RouteTable):
         self.on_write: Callable[[tuple], None] | None = None
 
     def add(self, prefix: str, data: dict, last_activity: float | None = None,
-            target: Target | None = None) -> Route:
-        route = super().add(prefix, data, last_activity, target)
+            *args: Any, **kwargs: Any) -> Route:
+        route = super().add(prefix, data, last_activity, *args, **kwargs)
         if self.on_write is not None:
             self.on_write(("a", prefix, data, route.last_activity))
         return route

@@ -17,7 +17,9 @@ report of every worker that ended into `retired`, and the view adds it in.
 fds) and, for the CPU counters, over every worker that ever ran (an ended worker's
 CPU time comes from `wait4`). `process_start_time_seconds` and `process_max_fds`
 are the primary's. Gauges of open connections, tunnels and idle upstream
-connections are sums over the live workers' last reports (at most ~1 s old).
+connections (in total and by target) are sums over the live workers' last reports
+(at most ~1 s old). `nodejs_eventloop_lag_*` shows the worst process: the maximum
+over the primary and the workers (a worker's figures cover its last report's second).
 Per worker: `cfproxy_worker_up{worker="i"}` (1 while it serves),
 `cfproxy_worker_requests_total{worker="i"}` (how the kernel spread the load), and
 `cfproxy_worker_restarts_total`.
@@ -134,14 +136,43 @@ class _Count:
         return self.n
 
 
-class _IdleUpstreams:
-    __slots__ = ("n",)
+class _Upstreams:
+    """The workers' upstream pools as the render code reads them: a total and, per pool
+    key, something with a len() (the idle connections of that target)."""
 
-    def __init__(self, n: int) -> None:
+    __slots__ = ("n", "idle")
+
+    def __init__(self, n: int, idle: dict) -> None:
         self.n = n
+        self.idle = idle
 
     def idle_count(self) -> int:
         return self.n
+
+
+_LAG_KEYS = ("min", "max", "mean", "stddev", "p50", "p90", "p99")
+
+
+class _WorstLag:
+    """nodejs_eventloop_lag_*: the worst process. `last` and every statistic are the maximum
+    over the primary (since the previous scrape) and the workers (their last report's second)."""
+
+    __slots__ = ("own", "reported")
+
+    def __init__(self, own: Any, reported: list[dict]) -> None:
+        self.own = own
+        self.reported = reported
+
+    @property
+    def last(self) -> float:
+        return max([self.own.last, *(r.get("last", 0.0) for r in self.reported)])
+
+    def take(self) -> dict[str, float]:
+        stats = self.own.take()
+        for r in self.reported:
+            for key in _LAG_KEYS:
+                stats[key] = max(stats[key], r.get(key, 0.0))
+        return stats
 
 
 class MergedView:
@@ -162,9 +193,13 @@ class MergedView:
 
     @property
     def metrics(self) -> Metrics:
-        parts = [self._app.metrics, self._supervisor.retired_metrics]
-        parts += [r.metrics for r in self._reports()]
-        return merged_metrics(parts)
+        """One registry over every process (built per scrape: render reads it once)."""
+        own = self._app.metrics
+        reports = self._reports()
+        merged = merged_metrics([own, self._supervisor.retired_metrics, *(r.metrics for r in reports)])
+        merged.loop_lag = _WorstLag(own.loop_lag, [r.gauges["loop_lag"] for r in reports
+                                                   if "loop_lag" in r.gauges])
+        return merged
 
     def _gauge_sum(self, name: str) -> int:
         return sum(r.gauges.get(name, 0) for r in self._reports())
@@ -178,8 +213,13 @@ class MergedView:
         return _Count(len(self._app.tunnels) + self._gauge_sum("tunnels"))
 
     @property
-    def upstreams(self) -> _IdleUpstreams:
-        return _IdleUpstreams(self._gauge_sum("idle_upstreams"))
+    def upstreams(self) -> _Upstreams:
+        pooled: dict = {}
+        for r in self._reports():
+            for key, n in r.gauges.get("pooled", {}).items():
+                pooled[key] = pooled.get(key, 0) + n
+        return _Upstreams(self._gauge_sum("idle_upstreams"),
+                          {key: _Count(n) for key, n in pooled.items()})
 
     def process_families(self) -> list[str]:
         from cfproxy.metrics_server import _counter, _gauge, _process_families

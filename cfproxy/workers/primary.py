@@ -14,7 +14,9 @@ Workers are spawned with subprocess (fork + immediate exec of a fresh interprete
 workers start, the primary may run threads (the SQLite store's writer) and hold store
 connections (Redis), and a forked copy would inherit locks held by threads that do
 not exist in it and sockets it must not use. `pass_fds` hands over exactly the channel
-and the listening sockets.
+and the listening sockets. Workers are spawned from the event-loop (main) thread: the
+kernel's parent-death signal (worker.py) fires when the *thread* that started a child
+ends, so spawning from a short-lived helper thread would kill workers with it.
 
 Supervision (`Supervisor`):
 - a worker is `starting` (gets the table and every later write, not waited for by the
@@ -211,17 +213,22 @@ class Supervisor:
     async def gather_activity(self) -> None:
         """Ask every serving worker for the activity it has not reported yet, and apply it:
         GET /api/routes then shows last_activity as of now, not as of the last report.
-        Waits at most the feed's timeout (a stuck worker is the feed's to replace)."""
+        Waits at most the feed's timeout; a worker that did not answer by then is stuck and
+        is replaced, as one that does not acknowledge a write."""
         loop = asyncio.get_running_loop()
-        futures = []
+        asked: list[tuple[WorkerProcess, asyncio.Future]] = []
         for w in self.workers:
             if w.serving and not w.ended and w.channel is not None and not w.channel.closed:
                 fut = loop.create_future()
                 w.activity_waiters.append(fut)
-                futures.append(fut)
+                asked.append((w, fut))
                 w.send(("activity?",))
-        if futures:
-            await asyncio.wait(futures, timeout=self.feed.ack_timeout)
+        if not asked:
+            return
+        await asyncio.wait([fut for _, fut in asked], timeout=self.feed.ack_timeout)
+        for w, fut in asked:
+            if not fut.done() and not w.ended and not self.stopping:
+                self._replace(w, f"did not answer within {self.feed.ack_timeout:.1f} s")
 
     def _apply_activity(self, activity: list) -> None:
         """A worker's moved last_activity: the table keeps the maximum over the workers, and
@@ -245,12 +252,17 @@ class Supervisor:
     def _ack_timed_out(self, sub: Subscriber, seq: int) -> None:
         for w in self.workers:
             if w.sub is sub and not w.ended:
-                log.warning("Worker %d (pid %d) did not apply write %d within %.1f s; replacing it",
-                            w.index, w.pid, seq, self.feed.ack_timeout)
-                self.feed.unsubscribe(sub)
-                self._kill(w)
-                if w.channel is not None:
-                    w.channel.close()
+                self._replace(w, f"did not apply write {seq} within {self.feed.ack_timeout:.1f} s")
+
+    def _replace(self, w: WorkerProcess, why: str) -> None:
+        """Kill a stuck worker; its channel closing starts the replacement (see _reap)."""
+        log.warning("Worker %d (pid %d) %s; replacing it", w.index, w.pid, why)
+        if w.sub is not None:
+            self.feed.unsubscribe(w.sub)
+        w.serving = False
+        self._kill(w)
+        if w.channel is not None:
+            w.channel.close()
 
     # --- ending and replacing ---------------------------------------------------------------
     def _kill(self, w: WorkerProcess) -> None:

@@ -32,6 +32,7 @@ primary is gone: exit at once with status 1, no orphan keeps accepting.
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import signal
 import socket
@@ -60,6 +61,14 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
         return False
 
 
+def pooled_counts(app: Any) -> dict:
+    """Idle pooled upstream connections by pool key (for the by-target gauge)."""
+    idle = getattr(app.upstreams, "idle", None)
+    if not isinstance(idle, dict):
+        return {}
+    return {key: len(conns) for key, conns in list(idle.items()) if conns}
+
+
 def moved_activity(table: Any, since: float) -> list[tuple[str, float]]:
     """(prefix, last_activity) of the routes whose activity is newer than `since`."""
     return [(r.prefix, r.last_activity) for r in table if r.last_activity > since]
@@ -70,6 +79,7 @@ class Worker:
                  listen_fds: list[int], seq: int, routes: list) -> None:
         from cfproxy.app import App
         from cfproxy.routing.table import RouteTable
+        from cfproxy.server import Stopping
         from cfproxy.store.memory import MemoryStore
 
         self.index = index
@@ -85,8 +95,6 @@ class Worker:
         self.app = App(config, table=table, store=MemoryStore(table))
         self.seq = seq
         self.channel: ChannelProtocol | None = None
-        from cfproxy.server import Stopping
-
         self.stopping = Stopping()
         self.go = asyncio.Event()
         self.primary_gone = asyncio.Event()
@@ -159,9 +167,14 @@ class Worker:
                 idle = int(fn())
             except Exception:  # noqa: BLE001 - a report must not fail because of a pool
                 idle = 0
-        gauges = {"connections": len(app.connections), "tunnels": len(app.tunnels),
-                  "idle_upstreams": idle}
-        self.send(("report", activity, app.metrics, gauges))
+        gauges: dict[str, Any] = {"connections": len(app.connections), "tunnels": len(app.tunnels),
+                                  "idle_upstreams": idle, "pooled": pooled_counts(app)}
+        metrics = copy.copy(app.metrics)  # shallow: the registry's own objects, pickled as they are
+        lag = metrics.loop_lag
+        metrics.loop_lag = None  # a gauge of this process, not a sum: sent as its figures
+        if lag is not None and lag.loop is not None:
+            gauges["loop_lag"] = {"last": lag.last, **lag.take()}
+        self.send(("report", activity, metrics, gauges))
 
     async def _report_loop(self) -> None:
         while True:
@@ -170,14 +183,17 @@ class Worker:
 
     # --- the life of a worker ---------------------------------------------------------------
     async def run(self) -> int:
-        from cfproxy.server import Listeners, drain, listener_factory
+        from cfproxy.server import Listeners, _uncaught_exception, drain, listener_factory
 
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_uncaught_exception)  # CHP's: log and keep serving
         # A signal from a terminal or from systemd reaches every process of the group, the
         # primary's "drain" follows: only a second *signal* (or "now") cuts the drain short.
         loop.add_signal_handler(signal.SIGTERM, self.on_signal)
         loop.add_signal_handler(signal.SIGINT, self.on_signal)
         loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
+        if self.config.metrics_enabled:
+            self.app.metrics.loop_lag.start(loop)  # nodejs_eventloop_lag_*: the workers' loops
         self.channel = await open_channel(self.channel_sock, self.on_message, self.on_closed)
         self.send(("ready", self.seq))
         gone = asyncio.ensure_future(self.primary_gone.wait())

@@ -2,12 +2,13 @@
 
     result = flood(port, request_bytes, total=100 << 20, seconds=4.0)
     result.sent          bytes of requests the proxy accepted (the kernel took them)
-    result.stalled       True when sending stopped making progress (the proxy stopped reading)
+    result.stalled       True when sending had stopped making progress (the proxy stopped reading)
     rss_kib(pid), peak_rss_kib(pid)   VmRSS / VmHWM of a process, from /proc
 
 The flood sends `request_bytes` back to back from a non-blocking socket until `total`
-bytes went out, `seconds` passed, or nothing could be sent for `stall_seconds` (the
-proxy holds reading, and the kernel buffers on both sides are full). It never reads,
+bytes went out or `seconds` passed; it is `stalled` when nothing could be sent in its
+last `stall_seconds` (the proxy holds reading, and the kernel buffers on both sides are
+full). It never reads,
 so everything the proxy answers piles up: in the kernel (bounded by socket buffers,
 not counted in RSS) and, unless the proxy stops reading while its write buffer is
 full, in the proxy's own memory.
@@ -31,22 +32,21 @@ class FloodResult:
 
 def flood(port: int, request: bytes, total: int = 100 << 20, seconds: float = 4.0,
           stall_seconds: float = 0.75, host: str = "127.0.0.1") -> FloodResult:
-    """Pipeline copies of `request` to host:port without reading; see the module docstring."""
-    sock = socket.create_connection((host, port))
+    """Pipeline copies of `request` to host:port without reading, for `seconds` (or until
+    `total` bytes went out); `stalled` = nothing could be sent in the last `stall_seconds`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # small buffers on our side: the proxy's answers fill them sooner, so the test stalls
+    # the proxy with less work (the proxy's own socket buffers are its kernel's business)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sock.connect((host, port))
     sock.setblocking(False)
     batch = request * max(1, (256 * 1024) // len(request))
     view = memoryview(batch)
     offset = 0
     sent = 0
     start = last_progress = time.monotonic()
-    stalled = False
-    while sent < total:
-        now = time.monotonic()
-        if now - start >= seconds:
-            break
-        if now - last_progress >= stall_seconds:
-            stalled = True
-            break
+    while sent < total and time.monotonic() - start < seconds:
         _, writable, _ = select.select([], [sock], [], 0.05)
         if not writable:
             continue
@@ -60,7 +60,8 @@ def flood(port: int, request: bytes, total: int = 100 << 20, seconds: float = 4.
             sent += n
             offset = (offset + n) % len(batch)
             last_progress = time.monotonic()
-    return FloodResult(sent, time.monotonic() - start, stalled, sock)
+    end = time.monotonic()
+    return FloodResult(sent, end - start, end - last_progress >= stall_seconds, sock)
 
 
 def _status_kib(pid: int, field: str) -> int:
