@@ -119,6 +119,9 @@ def _splits(head: bytes, body: bytes) -> list[list[bytes]]:
 async def _exchange(config: Config, request: bytes, pieces: list[bytes], shape,
                     monkeypatch) -> tuple:
     monkeypatch.setattr(client_mod, "response_shape", shape)
+    monkeypatch.setattr(client_mod, "RESPONSE_SHAPES",
+                        fastpath.RESPONSE_SHAPES if shape is not _no_shape
+                        else fastpath.BoundedCache(2))  # (empty: the general run)
     monkeypatch.setattr(client_mod, "chunked_body_complete",
                         fastpath.chunked_body_complete if shape is not _no_shape
                         else (lambda data: False))
