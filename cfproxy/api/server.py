@@ -52,7 +52,8 @@ from cfproxy.config import API_MAX_BODY_SIZE
 from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head
 from cfproxy.http.status import date_header, status_line
 from cfproxy.log import log
-from cfproxy.proxy.flow import QUEUED, Deadline, ReadGate, WriteFlow
+from cfproxy.proxy.deadline import Deadline
+from cfproxy.proxy.flow import QUEUED, ReadGate, WriteFlow
 from cfproxy.tls import transport_is_tls
 
 KEEP_ALIVE_S = 5.0  # Node's default, independent of --keep-alive-timeout (reference 2.1)
@@ -491,7 +492,7 @@ class ApiProtocol(asyncio.Protocol):
         self._drop_timer()
         transport.close()
 
-    # The connection's one deadline (proxy/flow.py's Deadline: moving it is a float write,
+    # The connection's one deadline (proxy/deadline.py: moving it is a float write,
     # it shares the loop's timer wheel); each request moves it twice (header timeout, then
     # keep-alive), so it must be cheap to move.
     def _arm(self, seconds: float) -> None:
