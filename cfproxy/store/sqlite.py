@@ -81,7 +81,12 @@ _PUT = ("INSERT INTO routes (key, prefix, data, last_activity) VALUES (?, ?, ?, 
         "ON CONFLICT (key) DO UPDATE SET prefix = excluded.prefix, data = excluded.data, "
         "last_activity = excluded.last_activity")
 _DELETE = "DELETE FROM routes WHERE key = ?"
-_ACTIVITY = "UPDATE routes SET last_activity = ?1 WHERE key = ?2 AND last_activity < ?1"
+# One statement for the whole batch ({key: ts} as a JSON object): the writer thread holds the
+# GIL for one call instead of one per route (executemany of 100,000 rows released and took
+# the GIL 100,000 times, stalling the event loop; proxied req/s over 100k busy routes 0.88x
+# of the memory store's).
+_ACTIVITY = ("UPDATE routes SET last_activity = j.value FROM json_each(?1) AS j "
+             "WHERE routes.key = j.key AND routes.last_activity < j.value")
 _LOAD = "SELECT prefix, data, last_activity FROM routes ORDER BY rowid"
 
 
@@ -152,8 +157,9 @@ class SQLiteStore(RouteStore):
         return await self._run(lambda conn: conn.execute(_DELETE, (key,)).rowcount > 0)
 
     async def save_activity(self, batch: Mapping[str, float]) -> None:
-        rows = [(ts, self._key(prefix)) for prefix, ts in batch.items()]
-        await self._run(lambda conn: conn.executemany(_ACTIVITY, rows) and None)
+        key = self._key
+        doc = orjson.dumps({key(prefix): ts for prefix, ts in batch.items()}).decode()
+        await self._run(lambda conn: conn.execute(_ACTIVITY, (doc,)) and None)
 
     async def _run(self, job: Callable[[sqlite3.Connection], Any] | tuple) -> Any:
         writer = self._writer
