@@ -132,3 +132,21 @@ def test_other_methods_are_405_with_allow(px, method):
     r = call(px.api_port, method, "/api/routes/x", token=None)
     assert r.status == 405
     assert r.headers["allow"] == "GET, POST, DELETE"
+
+
+# --- non-ASCII targets: usable, as CHP uses them ------------------------------------------------
+
+def test_a_non_ascii_target_path_and_query_are_sent_percent_encoded(px, backend):
+    """CHP (WHATWG URL) sends UTF-8 percent-escapes; a raw non-ASCII target was a 500 here."""
+    assert post(px.api_port, "/api/routes/intl", {"target": backend.url + "/é?q=ü"}).status == 201
+    assert routes(px)["/intl"]["target"] == backend.url + "/é?q=ü"  # listed as posted
+    seen = proxied(px, "/intl/x")
+    assert isinstance(seen, dict), seen
+    assert seen["url"] == "/%C3%A9/intl/x?q=%C3%BC"
+
+
+def test_an_internationalised_target_host_is_used_in_its_ascii_form():
+    from cfproxy.routing.target import parse_target
+
+    t = parse_target("http://bücher.example:8080/p")
+    assert (t.host, t.host_header) == ("xn--bcher-kva.example", "xn--bcher-kva.example:8080")

@@ -11,9 +11,10 @@ import time
 import orjson
 import pytest
 
-from cfproxy.api.server import ApiProtocol, _Dechunker
+from cfproxy.api.server import ApiProtocol
 from cfproxy.app import App
 from cfproxy.config import Config
+from cfproxy.http.chunked import Dechunker
 from cfproxy.http.parser import ChunkedReader
 from tests.api_client import Conn, build
 from tests.test_api_server import InProcessApi
@@ -32,16 +33,16 @@ CHUNKED = (b"5;ext=1\r\nhello\r\n"
 DECODED = b"hello" + MIDDLE + b"!"
 
 
-def test_dechunker_decodes_whatever_the_split_points():
+def test_the_shared_dechunker_decodes_what_the_api_accepts_whatever_the_split_points():
     for i in range(len(CHUNKED) + 1):
         for j in range(i, len(CHUNKED) + 1):
             out = bytearray()
-            d = _Dechunker(out)
+            d = Dechunker()
             reader = ChunkedReader()
             for piece in (CHUNKED[:i], CHUNKED[i:j], CHUNKED[j:]):
                 if piece and not reader.done:
                     end = reader.feed(piece)
-                    d.feed(piece if end < 0 else piece[:end])
+                    out += b"".join(d.feed(piece if end < 0 else piece[:end])[0])
             assert reader.done and bytes(out) == DECODED, (i, j)
 
 

@@ -13,6 +13,7 @@ import http.client
 import json
 import select
 import socket
+import ssl
 import time
 
 import pytest
@@ -30,28 +31,33 @@ def certs(tmp_path_factory):
     return make_certs(str(tmp_path_factory.mktemp("certs")))
 
 
-def _resumes(sock: socket.socket, timeout: float) -> bool:
-    """Read answers until the proxy takes requests from this socket again (or timeout)."""
+def _resumes(sock: socket.socket, timeout: float, retry: bytes = b"") -> bool:
+    """Read answers until the proxy takes requests from this socket again (or timeout).
+    `retry`: a TLS write that would block must be retried with the same bytes."""
     deadline = time.monotonic() + timeout
-    filler = b"X" * 65536  # pipelined garbage is fine: only progress is looked at
+    filler = retry or b"X" * 65536  # pipelined garbage is fine: only progress is looked at
     while time.monotonic() < deadline:
         readable, writable, _ = select.select([sock], [sock], [], 0.1)
         if readable:
-            if not sock.recv(1 << 20):
-                return False
+            try:
+                if not sock.recv(1 << 20):
+                    return False
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
         if writable:
             try:
                 if sock.send(filler):
                     return True
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 pass
     return False
 
 
-def check_flood(p: ProxyProcess, port: int, request: bytes, served_by_others) -> None:
+def check_flood(p: ProxyProcess, port: int, request: bytes, served_by_others,
+                tls: ssl.SSLContext | None = None) -> None:
     """Flood `port` with `request`; the proxy stalls the flooder, stays small and serves others."""
     before = rss_kib(p.pid)
-    result = flood(port, request, total=100 << 20, seconds=FLOOD_SECONDS)
+    result = flood(port, request, total=100 << 20, seconds=FLOOD_SECONDS, tls=tls)
     try:
         growth = rss_kib(p.pid) - before
         assert result.stalled, (
@@ -62,7 +68,7 @@ def check_flood(p: ProxyProcess, port: int, request: bytes, served_by_others) ->
         served_by_others()
         assert time.monotonic() - t0 < 5.0  # generous: 2 shared cores under load
         # the flooder reads again: the proxy reads its requests again (the pause is released)
-        assert _resumes(result.sock, timeout=10.0)
+        assert _resumes(result.sock, timeout=10.0, retry=result.retry)
     finally:
         result.sock.close()
 
@@ -101,6 +107,21 @@ def test_authenticated_route_list_flood_is_held_back(proxy):
         assert status == 200 and len(json.loads(body)) == 50
 
     check_flood(p, p.api_port, request, others)
+
+
+def test_api_flood_over_tls_is_held_back(proxy, certs):
+    p = proxy("--api-ssl-key", certs.server_key, "--api-ssl-cert", certs.server_cert)
+    tls = ssl.create_default_context(cafile=certs.ca_cert)
+
+    def others() -> None:
+        conn = http.client.HTTPSConnection("127.0.0.1", p.api_port, timeout=5, context=tls)
+        try:
+            conn.request("GET", "/api/routes")
+            assert conn.getresponse().status == 403
+        finally:
+            conn.close()
+
+    check_flood(p, p.api_port, b"GET /api/routes HTTP/1.1\r\nHost: x\r\n\r\n", others, tls)
 
 
 def test_metrics_flood_is_held_back(proxy):

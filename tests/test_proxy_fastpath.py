@@ -119,6 +119,9 @@ def _splits(head: bytes, body: bytes) -> list[list[bytes]]:
 async def _exchange(config: Config, request: bytes, pieces: list[bytes], shape,
                     monkeypatch) -> tuple:
     monkeypatch.setattr(client_mod, "response_shape", shape)
+    monkeypatch.setattr(client_mod, "RESPONSE_SHAPES",
+                        fastpath.RESPONSE_SHAPES if shape is not _no_shape
+                        else fastpath.BoundedCache(2))  # (empty: the general run)
     monkeypatch.setattr(client_mod, "chunked_body_complete",
                         fastpath.chunked_body_complete if shape is not _no_shape
                         else (lambda data: False))
@@ -398,3 +401,39 @@ def test_whole_chunked_body_check_agrees_with_the_chunked_reader(chunks, upper, 
     if not ext and not trailer and not cut and not extra:
         assert fast  # and takes the plain whole bodies it is for
     fastpath.set_enabled(fastpath._env_enabled())
+
+
+# --- the forwarded head: received head + remembered tail ---------------------------------
+
+FORWARD_HEADS = [
+    b"GET /p HTTP/1.1\r\nHost: a:8000\r\n\r\n",
+    b"GET /p?q HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nCookie: c=1\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: [::1]:9\r\nContent-Length: 3\r\n\r\n",
+    b"GET /p HTTP/1.0\r\nHost: a\r\nUser-Agent: x\r\n\r\n",
+    b"DELETE /p HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"PUT /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("config", [
+    Config(), Config(x_forward=False), Config(custom_headers=(("X-A", "1"),)),
+], ids=["default", "no-x-forward", "custom"])
+def test_forwarded_head_fast_path_gives_the_general_bytes(config, fresh_memos):
+    rewriter = headers_mod.HeaderRewriter(config)
+    app = App(config)
+    app.table.add("/", {"target": "http://127.0.0.1:9"})
+    target = app.table.get("/").target
+
+    def forwarded() -> list[bytes]:
+        out = []
+        for head in FORWARD_HEADS:
+            req, _ = parser.parse_request_head(head, 65536)
+            for path in (req.target, b"/other" + req.target):
+                for client_ip, tls in ((b"127.0.0.1", False), (None, True)):
+                    out.append(rewriter.request_head(req, path, target, client_ip, tls, False))
+        return out
+
+    fast = forwarded()
+    again = forwarded()  # the remembered tails
+    fastpath.set_enabled(False)
+    assert fast == again == forwarded()

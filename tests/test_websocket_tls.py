@@ -114,7 +114,7 @@ def test_wss_clients_vanishing_leave_no_fds_behind(tls_proxy, client_ctx, backen
             ws.abort()
         await asyncio.sleep(0)
     run(main())
-    assert _wait_until(lambda: tls_proxy.open_fds() <= baseline), (tls_proxy.open_fds(), baseline)
+    assert _wait_until(lambda: tls_proxy.open_fds() <= baseline, 15), (tls_proxy.open_fds(), baseline)
 
 
 def test_websocket_to_an_https_target_echoes_and_closes_both_ways(to_tls_proxy, tls_backend):

@@ -49,10 +49,12 @@ from typing import Any
 
 from cfproxy.api.handlers import ApiResponse, Prepared, fail, preflight
 from cfproxy.config import API_MAX_BODY_SIZE
+from cfproxy.http.chunked import Dechunker
 from cfproxy.http.parser import ChunkedReader, HTTPError, parse_request_head
 from cfproxy.http.status import date_header, status_line
 from cfproxy.log import log
-from cfproxy.proxy.flow import QUEUED, Deadline, ReadGate, WriteFlow
+from cfproxy.proxy.deadline import Deadline
+from cfproxy.proxy.flow import QUEUED, ReadGate, WriteFlow
 from cfproxy.tls import transport_is_tls
 
 KEEP_ALIVE_S = 5.0  # Node's default, independent of --keep-alive-timeout (reference 2.1)
@@ -75,54 +77,6 @@ def _log_level(status: int) -> int:
     if status < 400:
         return logging.INFO
     return logging.WARNING if status < 500 else logging.ERROR
-
-
-class _Dechunker:
-    """Appends the data of a chunked body to `out`; fed only bytes ChunkedReader accepted."""
-
-    __slots__ = ("out", "pending", "left", "state")
-
-    def __init__(self, out: bytearray) -> None:
-        self.out = out
-        self.pending = bytearray()
-        self.left = 0  # chunk-data bytes still to copy
-        self.state = 0  # 0 size line, 1 chunk-data, 2 CRLF after it, 3 last chunk seen
-
-    def feed(self, data: bytes | bytearray) -> None:
-        pending = self.pending
-        pending += data
-        pos = 0
-        end = len(pending)
-        while pos < end:
-            state = self.state
-            if state == 1:
-                take = min(self.left, end - pos)
-                self.out += pending[pos:pos + take]
-                pos += take
-                self.left -= take
-                if self.left:
-                    break
-                self.state = 2
-            elif state == 2:
-                if end - pos < 2:
-                    break
-                pos += 2
-                self.state = 0
-            elif state == 0:
-                nl = pending.find(b"\n", pos)
-                if nl < 0:
-                    break
-                size = int(pending[pos:nl].split(b";", 1)[0].strip(b" \t\r"), 16)
-                pos = nl + 1
-                if size == 0:
-                    self.state = 3  # trailers follow; ChunkedReader finds the end
-                    pos = end
-                else:
-                    self.left = size
-                    self.state = 1
-            else:
-                pos = end
-        del pending[:pos]
 
 
 class _Resume:
@@ -189,7 +143,7 @@ class ApiProtocol(asyncio.Protocol):
         self.body: bytearray | None = None
         self.left = 0  # Content-Length bytes still to read
         self.chunks: ChunkedReader | None = None
-        self.dechunk: _Dechunker | None = None
+        self.dechunk: Dechunker | None = None
         self.task: asyncio.Task | None = None  # a handler that suspended
 
     # --- asyncio callbacks --------------------------------------------------
@@ -300,11 +254,17 @@ class ApiProtocol(asyncio.Protocol):
                 except HTTPError as e:
                     self._bad_request(e.status, e.message)
                     return
+                # ChunkedReader validated these bytes; Dechunker only extracts the data
+                # (its own, stricter line limit can still refuse a long trailer line)
+                part = bytes(buf) if end < 0 else bytes(buf[:end])
+                try:
+                    self.body += b"".join(self.dechunk.feed(part)[0])
+                except ValueError as e:
+                    self._bad_request(400, f"invalid chunked body: {e}")
+                    return
                 if end < 0:
-                    self.dechunk.feed(buf)
                     buf.clear()
                 else:
-                    self.dechunk.feed(buf[:end])
                     del buf[:end]
                 if len(self.body) > API_MAX_BODY_SIZE:
                     self._respond_early(self._too_large(), complete=False)
@@ -337,7 +297,7 @@ class ApiProtocol(asyncio.Protocol):
         if head.chunked:
             self.state = _BODY_CHUNKED
             self.chunks = ChunkedReader()
-            self.dechunk = _Dechunker(self.body)
+            self.dechunk = Dechunker()
         elif content_length:
             self.state = _BODY_LENGTH
             self.left = content_length
@@ -491,7 +451,7 @@ class ApiProtocol(asyncio.Protocol):
         self._drop_timer()
         transport.close()
 
-    # The connection's one deadline (proxy/flow.py's Deadline: moving it is a float write,
+    # The connection's one deadline (proxy/deadline.py: moving it is a float write,
     # it shares the loop's timer wheel); each request moves it twice (header timeout, then
     # keep-alive), so it must be cheap to move.
     def _arm(self, seconds: float) -> None:

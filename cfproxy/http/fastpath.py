@@ -81,9 +81,16 @@ class BoundedCache:
     def get(self, key):
         value = self.cur.get(key)
         if value is None and self.prev:
-            value = self.prev.pop(key, None)
-            if value is not None:
-                self.put(key, value)
+            return self.promote(key)
+        return value
+
+    def promote(self, key):
+        """The value of a key of the previous generation, moved to the current one (None
+        when absent). Hot callers read `cur.get(key)` themselves and call this on a miss
+        while `prev` is not empty."""
+        value = self.prev.pop(key, None)
+        if value is not None:
+            self.put(key, value)
         return value
 
     def put(self, key, value) -> None:

@@ -409,7 +409,9 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
     # Parsing is a pure function of the head bytes and clients repeat heads, so a
     # recent head is answered from REQUEST_HEADS (one hash and compare). RequestHeads
     # are therefore shared: callers must not modify them.
-    hit = REQUEST_HEADS.get(raw)
+    hit = REQUEST_HEADS.cur.get(raw)  # BoundedCache.get, inlined (hot path)
+    if hit is None and REQUEST_HEADS.prev:
+        hit = REQUEST_HEADS.promote(raw)
     if hit is not None:
         return hit, consumed
     fields = fastpath.request_fields(raw)

@@ -31,7 +31,8 @@ import h11
 
 from cfproxy.http.status import date_header, reason, status_line
 from cfproxy.log import log
-from cfproxy.proxy.flow import Deadline, ReadGate, WriteFlow
+from cfproxy.proxy.deadline import Deadline
+from cfproxy.proxy.flow import ReadGate, WriteFlow
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, extra headers, body
 

@@ -49,6 +49,7 @@ from cfproxy.http.chunked import Dechunker
 from cfproxy.http.errors import ErrorPages, response_bytes
 from cfproxy.http.fastpath import (
     CRLF,
+    RESPONSE_SHAPES,
     chunked_body_complete,
     response_shape,
 )
@@ -632,7 +633,10 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
             if end > 0 and end + 4 <= RESPONSE_HEAD_MAX:
                 end += 4
                 head = data[:end] if end != len(data) else data
-                shape = response_shape(head)
+                # RESPONSE_SHAPES' current generation first (a hit is one dict lookup)
+                shape = RESPONSE_SHAPES.cur.get(head)
+                if shape is None:
+                    shape = response_shape(head)
                 if shape is not None and (shape[0] != 201
                                           or not self.ctx.rewriter.rewrite_location):
                     status, length, has_date, tail = shape
@@ -917,11 +921,9 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
                         and not up.gate.held and not pools.closed and not pools.cap):
                     up.owner = None
                     lst.append(up)
-                    idle = up.idle  # pools.pooled, inlined: its idle timer
-                    if idle is not None:
-                        idle.set(pools.idle_timeout)
-                    elif pools.idle_timeout:
-                        pools.pooled(up)
+                    up.idle_tick = pools.tick  # pools.pooled, inlined
+                    if pools.sweeper is None and pools.idle_timeout:
+                        pools.arm_sweep()
                 else:
                     pools.release(up)
             else:

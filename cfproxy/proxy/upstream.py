@@ -32,18 +32,18 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 
-from cfproxy.proxy.deadline import Deadline
 from cfproxy.proxy.flow import PEER_BUSY, ReadGate
 from cfproxy.routing.target import Target
 
 MAX_IDLE_PER_KEY = 256  # Node's default maxFreeSockets for CHP's keep-alive agent
 WAIT_QUEUE_MAX = 64  # requests waiting per key for a connection under a cap
+IDLE_TICKS = 8  # idle sweeps per --upstream-idle-timeout
 
 
 class UpstreamConnection(asyncio.Protocol):
     """One connection to a target; forwards its events to the current owner."""
 
-    __slots__ = ("pools", "key", "transport", "gate", "owner", "alive", "reused", "idle")
+    __slots__ = ("pools", "key", "transport", "gate", "owner", "alive", "reused", "idle_tick")
 
     def __init__(self, pools: UpstreamPools, key: tuple) -> None:
         self.pools = pools
@@ -53,7 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.owner = None  # the ClientProtocol using it; None while idle or dead
         self.alive = False
         self.reused = False  # taken from the pool (a failure then allows one retry)
-        self.idle: Deadline | None = None  # --upstream-idle-timeout while pooled
+        self.idle_tick = 0  # UpstreamPools.tick when it was last put into its pool
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
@@ -73,8 +73,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.alive = False
-        if self.idle is not None:
-            self.idle.cancel()
         owner = self.owner
         if owner is not None:
             self.owner = None
@@ -83,12 +81,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.pools.discard(self)
         if self.pools.cap:
             self.pools.closed_one(self.key)
-
-    def idle_expired(self) -> None:
-        """--upstream-idle-timeout: close a connection that stayed in its pool that long."""
-        if self.owner is None and self.alive:
-            self.pools.app.metrics.timeouts["upstream_idle"] += 1
-            self.close()
 
     # backpressure: the target reads slower than the client sends
     def pause_writing(self) -> None:
@@ -124,6 +116,8 @@ class UpstreamPools:
         self.loop: asyncio.AbstractEventLoop | None = None  # set by the first connect()
         c = app.config
         self.idle_timeout = c.upstream_idle_timeout / 1000.0
+        self.tick = 0  # idle sweeps so far
+        self.sweeper: asyncio.TimerHandle | None = None
         # --max-upstream-connections: open (or opening) connections and waiting requests
         # per key; only kept when a cap is set
         self.cap = c.max_upstream_connections
@@ -141,19 +135,37 @@ class UpstreamPools:
             conn = lst.pop()
             if conn.alive and not conn.transport.is_closing():
                 conn.reused = True
-                if conn.idle is not None:
-                    conn.idle.expires = 0.0  # Deadline.clear(), inlined (hot path)
                 return conn
         return None
 
+    # --- --upstream-idle-timeout -------------------------------------------------------------
+    # A sweep runs every idle_timeout / IDLE_TICKS seconds while anything is pooled and
+    # closes the connections pooled IDLE_TICKS + 1 ticks ago or earlier: each is closed
+    # after between 1 and 1 + 1/IDLE_TICKS idle timeouts. Pooling a connection is then one
+    # attribute write (`idle_tick = tick`), not a timer per request.
     def pooled(self, conn: UpstreamConnection) -> None:
-        """Start the idle timer of a connection just put into its pool."""
-        if self.idle_timeout:
-            idle = conn.idle
-            if idle is None:
-                idle = conn.idle = Deadline(self.loop or asyncio.get_running_loop(),
-                                            conn.idle_expired)
-            idle.set(self.idle_timeout)
+        """Note when a connection was put into its pool (and make sure the sweep runs)."""
+        conn.idle_tick = self.tick
+        if self.sweeper is None and self.idle_timeout:
+            self.arm_sweep()
+
+    def arm_sweep(self) -> None:
+        loop = self.loop or asyncio.get_running_loop()
+        self.sweeper = loop.call_later(self.idle_timeout / IDLE_TICKS, self._sweep)
+
+    def _sweep(self) -> None:
+        self.sweeper = None
+        self.tick += 1
+        oldest = self.tick - IDLE_TICKS - 1
+        metrics = self.app.metrics
+        for lst in list(self.idle.values()):
+            while lst and lst[0].idle_tick <= oldest:  # oldest first (LIFO reuse at the end)
+                conn = lst.pop(0)
+                if conn.alive:
+                    metrics.timeouts["upstream_idle"] += 1
+                conn.close()
+        if any(self.idle.values()):
+            self.arm_sweep()
 
     def release(self, conn: UpstreamConnection) -> None:
         """Put a connection whose response ended cleanly back into its pool."""
@@ -273,6 +285,9 @@ class UpstreamPools:
     def close(self) -> None:
         """Close every idle connection (shutdown)."""
         self.closed = True
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
         for lst in self.idle.values():
             for conn in lst:
                 conn.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from cfproxy.http import fastpath
 from cfproxy.http.fastpath import TARGET_CACHE_SIZE, BoundedCache
@@ -80,11 +80,11 @@ def _with_known_origin(url: Any) -> Target | None:
     Loading 100,000 stored routes with distinct target URLs on a few servers: urlsplit per
     URL cost ~20 us (2 s); the origin is parsed once and the path/query split here exactly
     as urlsplit splits them (fragment first, then query). Anything unusual (control or
-    whitespace characters, no "://") takes the full parse."""
+    whitespace characters, non-ASCII, no "://") takes the full parse."""
     if type(url) is not str:
         return None
     start = url.find("://")
-    if start <= 0 or _BAD_CHAR_RE.search(url) is not None:
+    if start <= 0 or not url.isascii() or _BAD_CHAR_RE.search(url) is not None:
         return None  # the general parse rejects it with its reason
     end = len(url)
     for sep in "/?#":
@@ -103,6 +103,13 @@ def _with_known_origin(url: Any) -> Target | None:
     path, _, query = rest.partition("?")
     return Target(url, origin.scheme, origin.host, origin.port, origin.unix_path, path, query,
                   origin.host_header)
+
+
+_NON_ASCII_RE = re.compile(r"[^\x00-\x7f]+")
+
+
+def _percent_encode(m: re.Match) -> str:
+    return quote(m.group(), safe="")
 
 
 def _shown(url: str) -> str:
@@ -129,6 +136,9 @@ def _parse_target(url: str) -> Target:
         )
     path = parts.path
     query = parts.query
+    if not url.isascii():  # as WHATWG's URL parser (CHP): UTF-8 percent-escapes on the wire
+        path = _NON_ASCII_RE.sub(_percent_encode, path)
+        query = _NON_ASCII_RE.sub(_percent_encode, query)
     if scheme in ("http+unix", "unix+http"):
         netloc = parts.netloc
         if not netloc:
@@ -141,6 +151,11 @@ def _parse_target(url: str) -> Target:
         raise InvalidTarget(f"invalid target URL {_shown(url)}: {e}") from None
     if not host:
         raise InvalidTarget(f"target URL {_shown(url)} has no host")
+    if not host.isascii():  # an internationalised name: its ASCII (punycode) form, as CHP
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as e:
+            raise InvalidTarget(f"invalid host in target URL {_shown(url)}: {e}") from None
     default_port = _DEFAULT_PORTS[scheme]
     real_port = port if port is not None else default_port
     shown_host = f"[{host}]" if ":" in host else host

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -28,23 +29,29 @@ class FloodResult:
     seconds: float
     stalled: bool
     sock: socket.socket  # still open: the caller decides when the flooder leaves
+    retry: bytes = b""  # TLS: the write that would block, to be retried as it was (OpenSSL)
 
 
 def flood(port: int, request: bytes, total: int = 100 << 20, seconds: float = 4.0,
-          stall_seconds: float = 0.75, host: str = "127.0.0.1") -> FloodResult:
+          stall_seconds: float = 0.75, host: str = "127.0.0.1",
+          tls: ssl.SSLContext | None = None) -> FloodResult:
     """Pipeline copies of `request` to host:port without reading, for `seconds` (or until
-    `total` bytes went out); `stalled` = nothing could be sent in the last `stall_seconds`."""
+    `total` bytes went out); `stalled` = nothing could be sent in the last `stall_seconds`.
+    With `tls`, over TLS (the handshake is done before the flood)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # small buffers on our side: the proxy's answers fill them sooner, so the test stalls
     # the proxy with less work (the proxy's own socket buffers are its kernel's business)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
     sock.connect((host, port))
+    if tls is not None:
+        sock = tls.wrap_socket(sock, server_hostname=host)
     sock.setblocking(False)
     batch = request * max(1, (256 * 1024) // len(request))
     view = memoryview(batch)
     offset = 0
     sent = 0
+    retry = b""
     start = last_progress = time.monotonic()
     while sent < total and time.monotonic() - start < seconds:
         _, writable, _ = select.select([], [sock], [], 0.05)
@@ -52,7 +59,9 @@ def flood(port: int, request: bytes, total: int = 100 << 20, seconds: float = 4.
             continue
         try:
             n = sock.send(view[offset:])
-        except BlockingIOError:
+            retry = b""
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            retry = bytes(view[offset:])
             continue
         except OSError:  # the proxy closed the connection
             break
@@ -61,7 +70,7 @@ def flood(port: int, request: bytes, total: int = 100 << 20, seconds: float = 4.
             offset = (offset + n) % len(batch)
             last_progress = time.monotonic()
     end = time.monotonic()
-    return FloodResult(sent, end - start, end - last_progress >= stall_seconds, sock)
+    return FloodResult(sent, end - start, end - last_progress >= stall_seconds, sock, retry)
 
 
 def _status_kib(pid: int, field: str) -> int:
