@@ -417,7 +417,7 @@ def test_an_older_last_activity_flushed_later_does_not_win(redis_base):
         two.table.get("/r").last_activity = older
         assert await one.sync.flush() == 1
         assert await two.sync.flush() == 1  # flushed after the newer value
-        assert await one.store._redis.zscore(one.store._keys[3], "/r") == pytest.approx(newer, abs=1e-3)
+        assert await one.store._redis.zscore(one.store._keys.activity, "/r") == pytest.approx(newer, abs=1e-3)
         await one.store.resync()
         await two.store.resync()
         for r in (one, two):
@@ -452,7 +452,7 @@ def test_flush_does_not_resurrect_a_route_removed_meanwhile(redis_base):
         await two.sync.flush()  # before two heard of the remove
         await two.store.resync()
         assert one.keys() == [] and two.keys() == []
-        assert await one.store._redis.zscore(one.store._keys[3], "/gone") is None  # no orphan
+        assert await one.store._redis.zscore(one.store._keys.activity, "/gone") is None  # no orphan
 
     _with_replicas(redis_base, body)
 
@@ -462,13 +462,13 @@ def test_redis_that_lost_its_data_is_refilled_by_a_replica_holding_routes_not_an
         for name in ("/a", "/b"):
             await one.sync.add(name, {"target": "http://127.0.0.1:9"})
         await two.store.resync()
-        await _wipe(redis_base, one.store._keys)
+        await _wipe(redis_base, one.store._keys.in_script_order)
         # a replica with an empty table starting now does not make "no routes" the truth
         fresh = Replica(store_url(redis_base, one.store.prefix))
         await fresh.sync.start()
         try:
             assert fresh.keys() == []
-            assert await one.store._redis.get(one.store._keys[5]) is None  # no data set claimed
+            assert await one.store._redis.get(one.store._keys.epoch) is None  # no data set claimed
             await one.store.resync()  # holds routes: refills, once
             await two.store.resync()  # adopts that data set
             await fresh.store.resync()
@@ -488,14 +488,14 @@ def test_a_replica_seeing_a_data_set_it_did_not_build_adopts_it_instead_of_mergi
             await one.sync.add(name, {"target": "http://127.0.0.1:9"})
         for r in (two, three):
             await r.store.resync()
-        await _wipe(redis_base, one.store._keys)
+        await _wipe(redis_base, one.store._keys.in_script_order)
         await one.store.resync()  # the first to notice refills
         assert await one.sync.remove("/r1") is True  # the hub's DELETE, 204
         await two.store.resync()  # late: sees a data set it did not build
         await three.store.resync()
         for r in (one, two, three):
             assert r.keys() == ["/r2"]
-        assert await one.store._redis.hkeys(one.store._keys[0]) == [b"/r2"]
+        assert await one.store._redis.hkeys(one.store._keys.routes) == [b"/r2"]
 
     _with_replicas(redis_base, body, n=3)
 
@@ -505,7 +505,7 @@ def test_only_one_of_several_replicas_refills(redis_base):
         await one.sync.add("/a", {"target": "http://127.0.0.1:9"})
         await two.store.resync()
         two.table.add("/only-two", {"target": "http://127.0.0.1:9"})  # a divergent table
-        await _wipe(redis_base, one.store._keys)
+        await _wipe(redis_base, one.store._keys.in_script_order)
         await asyncio.gather(one.store.resync(), two.store.resync())
         assert one.keys() == two.keys()
         assert one.keys() in (["/a"], ["/a", "/only-two"])
@@ -538,10 +538,10 @@ def test_host_routing_keys_are_one_route_whatever_the_host_case(redis_base):
         await r.sync.add("/example.com/x", {"target": "http://127.0.0.1:10"})
         assert r.keys() == ["/example.com/x"]  # one route, the latest spelling (as in memory)
         assert r.table.longest_match("/example.com/x/y").target.url == "http://127.0.0.1:10"
-        assert await r.store._redis.hkeys(r.store._keys[0]) == [b"/example.com/x"]
+        assert await r.store._redis.hkeys(r.store._keys.routes) == [b"/example.com/x"]
         assert await r.sync.remove("/EXAMPLE.COM/x/") is True
         assert r.keys() == []
-        assert await r.store._redis.hkeys(r.store._keys[0]) == []
+        assert await r.store._redis.hkeys(r.store._keys.routes) == []
 
     _with_store(redis_base, body, host_routing=True)
 

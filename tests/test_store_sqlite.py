@@ -221,3 +221,4 @@ def test_concurrent_writes_are_all_there_after_a_restart(tmp_path, backend):
     assert len(acked) == 400
     with ProxyProcess("--storage-backend", url(db)) as p:
         assert set(acked) <= set(routes(p.api_port))
+

@@ -179,6 +179,28 @@ return {seq, epoch}
 # several replicas noticing the loss at once exactly one refills; the others adopt its set.
 
 
+@dataclass(frozen=True)
+class Keys:
+    """The six keys of one route table under a prefix (see the module docstring)."""
+
+    routes: str
+    versions: str
+    order: str
+    activity: str
+    seq: str
+    epoch: str
+
+    @classmethod
+    def under(cls, prefix: str) -> Keys:
+        return cls(*(f"{prefix}:{name}" for name in
+                     ("routes", "versions", "order", "activity", "seq", "epoch")))
+
+    @property
+    def in_script_order(self) -> list[str]:
+        """KEYS[1..6] of the Lua scripts."""
+        return [self.routes, self.versions, self.order, self.activity, self.seq, self.epoch]
+
+
 @dataclass
 class Snapshot:
     """Everything in Redis at one instant (one MULTI)."""
@@ -263,8 +285,7 @@ class RedisStore(RouteStore):
             kwargs["socket_timeout"] = COMMAND_TIMEOUT
         self._redis = aioredis.Redis.from_url(redis_url, decode_responses=False, **kwargs)
 
-        self._keys = [f"{prefix}:{name}" for name in
-                      ("routes", "versions", "order", "activity", "seq", "epoch")]
+        self._keys = Keys.under(prefix)
         self.channel = f"{prefix}:changes"
         self._add_script = self._redis.register_script(_ADD)
         self._remove_script = self._redis.register_script(_REMOVE)
@@ -376,7 +397,7 @@ class RedisStore(RouteStore):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in range(0, len(items), FLUSH_CHUNK):
                     chunk = dict(items[i:i + FLUSH_CHUNK])
-                    pipe.zadd(self._keys[3], chunk, xx=True, gt=True)
+                    pipe.zadd(self._keys.activity, chunk, xx=True, gt=True)
                     pipe.publish(self.channel, epoch + b" 0 " + orjson.dumps({"op": "activity", "a": chunk}))
                 await pipe.execute()
         except self._redis_mod.RedisError as e:
@@ -386,7 +407,7 @@ class RedisStore(RouteStore):
         """Run a write script; on NOEPOCH (Redis lost its data) resync (refills) and retry once."""
         for attempt in (1, 2):
             try:
-                return await script(keys=self._keys, args=args)
+                return await script(keys=self._keys.in_script_order, args=args)
             except self._redis_mod.ResponseError as e:
                 if attempt == 1 and str(e).startswith("NOEPOCH"):
                     await self._call(self.resync())
@@ -471,7 +492,7 @@ class RedisStore(RouteStore):
         # Redis ~100 ms for 10,000 routes. These replies cost Redis well under 10 ms; parsing
         # them costs ~30 ms here with hiredis installed, ~300 ms with redis-py's pure-Python
         # parser, hence the `hiredis` in the `redis` extra.)
-        routes_key, versions_key, order_key, activity_key, seq_key, epoch_key = self._keys
+        routes_key, versions_key, order_key, activity_key, seq_key, epoch_key = self._keys.in_script_order
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(epoch_key)
             pipe.get(seq_key)
@@ -505,8 +526,8 @@ class RedisStore(RouteStore):
         self._checks += 1
         if self._checks % FULL_RESYNC_EVERY:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.get(self._keys[5])
-                pipe.get(self._keys[4])
+                pipe.get(self._keys.epoch)
+                pipe.get(self._keys.seq)
                 epoch, seq = await pipe.execute()
             if epoch == self._epoch and int(seq or 0) <= self._heard:
                 return False
@@ -544,7 +565,7 @@ class RedisStore(RouteStore):
         for route in self._table:
             args += [match_key(route.prefix), orjson.dumps({"prefix": route.prefix, "data": route.data}),
                      repr(route.last_activity)]
-        result = await self._refill_script(keys=self._keys, args=args)
+        result = await self._refill_script(keys=self._keys.in_script_order, args=args)
         won = result[1] == epoch.encode()
         return (int(result[0]) if won else None), result[1]
 
