@@ -115,6 +115,15 @@ def proxy_pid(setup: HubSetup) -> int:
     return int((setup.dir / "jupyterhub-proxy.pid").read_text())
 
 
+def proxy_pid_or_none(setup: HubSetup) -> int | None:
+    """The pid file's pid, or None while there is none (the hub removes it when it finds its
+    proxy dead, and writes it again once the new one started)."""
+    try:
+        return proxy_pid(setup)
+    except (OSError, ValueError):
+        return None
+
+
 # --- a. the hub starts the proxy ----------------------------------------------------------
 
 
@@ -193,7 +202,8 @@ def test_hub_started_proxy_serves_login_spawn_page_websocket_api_and_removes_rou
         # with --workers: its workers go with it at once (the hub's new proxy needs the port)
         wait_until(lambda: not any(pid_alive(w) for w in workers), timeout=2,
                    what="the killed proxy's workers to end")
-        wait_until(lambda: proxy_pid(setup) != pid and pid_alive(proxy_pid(setup)), timeout=30,
+        wait_until(lambda: proxy_pid_or_none(setup) not in (None, pid)
+                   and pid_alive(proxy_pid_or_none(setup) or 0), timeout=30,
                    what="the hub to start a new proxy")
         pid = proxy_pid(setup)
         wait_until(lambda: f"/user/{USER}" in proxy_routes_or_none(setup), timeout=20,
