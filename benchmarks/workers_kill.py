@@ -4,6 +4,7 @@ Issue 12's target: with `--workers 2` and 10,000 routes, SIGKILL one worker whil
 keep-alive connections are busy on both; the other worker's connections see no error,
 and the replacement serves within 1 s. Bounded: ~10 s of load plus the route adds.
 
+The connections are spread evenly over the workers first (checked in /proc/net/tcp).
 Prints: how long the routes took to add, the time from the SIGKILL to the primary's
 "Worker N (pid P) serving" line, and for the connections open at the kill: how many
 lived on the other worker (errors must be 0, and their longest pause around the kill
@@ -78,16 +79,48 @@ def _owners(proxy_port: int, client_ports: dict, pids: list[int]) -> dict:
     return out
 
 
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: bytes) -> bytes:
+    writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+    head = await reader.readuntil(b"\r\n\r\n")
+    m = re.search(rb"(?i)content-length: *(\d+)", head)
+    await reader.readexactly(int(m.group(1)) if m else 0)
+    return head
+
+
+async def _balanced(port: int, pids: list[int], conns: int) -> list:
+    """`conns` connections spread evenly over the workers (the kernel's accept spread is
+    often skewed: one idle worker may take them all), each answered once."""
+    want = {pid: conns // len(pids) + (1 if i < conns % len(pids) else 0) for i, pid in enumerate(pids)}
+    kept: list = []
+    have = dict.fromkeys(pids, 0)
+    for _ in range(50 * conns):
+        if len(kept) >= conns:
+            break
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _get(reader, writer, b"/u0/probe")
+        cport = writer.get_extra_info("sockname")[1]
+        owner = _owners(port, {0: cport}, pids).get(0)
+        if owner is None or have[owner] >= want[owner]:
+            writer.close()
+            continue
+        have[owner] += 1
+        kept.append((reader, writer))
+    return kept
+
+
 async def _client(port: int, idx: int, routes: int, stop_at: float, log: list,
-                  client_ports: dict) -> None:
+                  client_ports: dict, first: tuple | None = None) -> None:
     """One keep-alive connection; on an error it records it and opens a new one."""
     n = 0
     while time.time() < stop_at:
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.01)
-            continue
+        if first is not None:
+            (reader, writer), first = first, None
+        else:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
         conn = (idx, n)
         client_ports[conn] = writer.get_extra_info("sockname")[1]
         try:
@@ -127,14 +160,16 @@ async def measure(routes: int, conns: int, workers: int) -> dict:
         pids = procs.children(proxy.pid)
         log: list = []
         client_ports: dict = {}
+        opened = await _balanced(port, pids, conns)
         start = time.time()
         kill_at, stop_at = start + 3.0, start + 7.0
-        tasks = [asyncio.ensure_future(_client(port, i, routes, stop_at, log, client_ports))
+        tasks = [asyncio.ensure_future(_client(port, i, routes, stop_at, log, client_ports,
+                                               opened[i] if i < len(opened) else None))
                  for i in range(conns)]
         await asyncio.sleep(kill_at - time.time())
         owners = _owners(port, client_ports, pids)
         per_worker = {pid: sum(1 for o in owners.values() if o == pid) for pid in pids}
-        victim = max(pids, key=lambda pid: per_worker[pid])  # the kill must cut connections
+        victim = max(pids, key=lambda pid: per_worker[pid])
         os.kill(victim, signal.SIGKILL)
         killed = time.time()
         await asyncio.gather(*tasks)
