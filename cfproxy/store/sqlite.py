@@ -87,6 +87,8 @@ _DELETE = "DELETE FROM routes WHERE key = ?"
 # of the memory store's).
 _ACTIVITY = ("UPDATE routes SET last_activity = j.value FROM json_each(?1) AS j "
              "WHERE routes.key = j.key AND routes.last_activity < j.value")
+_ACTIVITY_ROW = "UPDATE routes SET last_activity = ?1 WHERE key = ?2 AND last_activity < ?1"
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)  # UPDATE ... FROM (2020); else per row
 _LOAD = "SELECT prefix, data, last_activity FROM routes ORDER BY rowid"
 
 
@@ -158,8 +160,12 @@ class SQLiteStore(RouteStore):
 
     async def save_activity(self, batch: Mapping[str, float]) -> None:
         key = self._key
-        doc = orjson.dumps({key(prefix): ts for prefix, ts in batch.items()}).decode()
-        await self._run(lambda conn: conn.execute(_ACTIVITY, (doc,)) and None)
+        if _UPDATE_FROM:
+            doc = orjson.dumps({key(prefix): ts for prefix, ts in batch.items()}).decode()
+            await self._run(lambda conn: conn.execute(_ACTIVITY, (doc,)) and None)
+        else:
+            rows = [(ts, key(prefix)) for prefix, ts in batch.items()]
+            await self._run(lambda conn: conn.executemany(_ACTIVITY_ROW, rows) and None)
 
     async def _run(self, job: Callable[[sqlite3.Connection], Any] | tuple) -> Any:
         writer = self._writer
