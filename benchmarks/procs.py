@@ -7,7 +7,8 @@ children it left behind (nginx workers). Nothing is ever killed by name.
 
 CPU layout (on machines with >= 2 cores): the proxy under test runs on core 0
 (`taskset -c 0`), the runner itself, the load generators (wrk, wsload) and the
-backends on core 1 — they inherit the runner's affinity, set by `pin_self`.
+backends on core 1 — they inherit the runner's affinity, set by `pin_self`. With
+`--workers N` and at least N+1 cores, the proxy gets cores 0..N-1 and the rest core N.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _RUNNING: list[subprocess.Popen] = []
 
 PROXY_CPU = 0
 LOAD_CPU = 1
+PROXY_CPUS: tuple[int, ...] = (PROXY_CPU,)  # `--workers N` widens this (use_proxy_cores)
 
 
 def cpu_count() -> int:
@@ -37,6 +39,15 @@ def pinning_enabled() -> bool:
     return (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity")
 
 
+def use_proxy_cores(n: int) -> None:
+    """`--workers N`: with at least N+1 cores, the proxies run on cores 0..N-1 and the load on
+    core N; with fewer, everything stays as it is (one proxy core: compare per CPU-second)."""
+    global PROXY_CPUS, LOAD_CPU
+    if n > 1 and cpu_count() >= n + 1:
+        PROXY_CPUS = tuple(range(n))
+        LOAD_CPU = n
+
+
 def pin_self() -> None:
     """Pin this process (and so every child not pinned otherwise) to the load core."""
     if pinning_enabled():
@@ -46,7 +57,7 @@ def pin_self() -> None:
 def proxy_prefix() -> list[str]:
     """Command prefix that runs a proxy on the proxy core (empty when pinning is off)."""
     if pinning_enabled() and shutil.which("taskset"):
-        return ["taskset", "-c", str(PROXY_CPU)]
+        return ["taskset", "-c", ",".join(str(c) for c in PROXY_CPUS)]
     return []
 
 

@@ -217,7 +217,7 @@ class Run:
         res = self.results
         res.meta = {"profile": "quick" if a.quick else "full", **self.prof, "backend": a.backend,
                     "cpus": os.cpu_count(), "pinning": procs.pinning_enabled(),
-                    "cfproxy_workers": a.workers,
+                    "cfproxy_workers": a.workers, "proxy_cpus": list(procs.PROXY_CPUS),
                     "python": sys.version.split()[0], "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         busy = other_cpu_load()
         res.meta["other_cpu_load_pct"] = busy
@@ -418,6 +418,7 @@ def interleaved_blocks(scs: list[scenarios.Scenario]) -> list[list[scenarios.Sce
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    procs.use_proxy_cores(args.workers)
     procs.pin_self()
     raise_nofile()
     run = Run(args)

@@ -219,7 +219,8 @@ def test_activity_on_any_worker_is_in_the_api_answer_at_once(workers, backend):
             assert get(workers.port, "/busy/x")[0] == 200
         last_request = time.time()
         shown = call(workers.api_port, "GET", "/api/routes").json()["/busy"]["last_activity"]
-        assert last_request - 0.03 < iso_to_ts(shown) <= last_request, (round_, shown, last_request)
+        # (the worker writes last_activity just after the answer left: a few ms of slack)
+        assert last_request - 0.03 < iso_to_ts(shown) <= last_request + 0.005, (round_, shown, last_request)
         one = call(workers.api_port, "GET", "/api/routes/busy").json()["last_activity"]
         assert one == shown
 
@@ -523,7 +524,7 @@ def test_workers_route_what_a_sqlite_store_holds_across_a_restart(proxy, backend
     again = proxy("--workers", "2", "--storage-backend", store)
     worker_pids(again)
     la = iso_to_ts(call(again.api_port, "GET", "/api/routes/q3").json()["last_activity"])
-    assert seen - 0.03 < la <= seen
+    assert seen - 0.03 < la <= seen + 0.005  # the worker writes it just after the answer
     for i in range(10):
         status, body = get(again.port, f"/q{i}/y")
         assert status == 200 and f'"/q{i}/y"'.encode() in body

@@ -111,11 +111,18 @@ def describe_status(status: int) -> str:
 
 
 def _child_env() -> dict[str, str]:
-    """The environment of a worker: ours, with this cfproxy's package directory first on
-    PYTHONPATH so the worker runs the same code as the primary."""
+    """The environment of a worker: ours. When this cfproxy was not imported from a
+    site-packages directory (a source tree on a path set at run time), that tree goes first
+    on PYTHONPATH so the worker runs the same code as the primary. A site-packages directory
+    is never put there: ahead of the standard library it could shadow it (old backports)."""
+    import site
+
     env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cfproxy.__file__)))
-    old = env.get("PYTHONPATH")
+    root = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(cfproxy.__file__))))
+    site_dirs = {os.path.realpath(d) for d in (*site.getsitepackages(), site.getusersitepackages())}
+    old = env.get("PYTHONPATH", "")
+    if root in site_dirs or root in {os.path.realpath(p) for p in old.split(os.pathsep) if p}:
+        return env
     env["PYTHONPATH"] = root if not old else root + os.pathsep + old
     return env
 
@@ -176,7 +183,15 @@ class Supervisor:
         # the whole table as of feed.seq, then (subscribed) every later batch, in order
         w.channel.send_frame(encode(self.feed.snapshot()))
         self.feed.subscribe(w.sub)
+        if self.started:  # (at start-up, start() bounds the wait and reports)
+            loop = asyncio.get_running_loop()
+            loop.call_later(START_TIMEOUT, self._check_started, w)
         return w
+
+    def _check_started(self, w: WorkerProcess) -> None:
+        """A replacement that never came to serve (hung while starting) is replaced in turn."""
+        if not w.serving and not w.ended and not self.stopping and w in self.workers:
+            self._replace(w, f"did not start serving within {START_TIMEOUT:.0f} s")
 
     # --- messages ----------------------------------------------------------------------
     def _on_message(self, w: WorkerProcess, msg: Any) -> None:
@@ -322,15 +337,20 @@ class Supervisor:
         delay = min(0.1 * 2 ** (deaths - 1), MAX_BACKOFF) if deaths else 0.0
         log.warning("Worker %d (pid %d) %s; starting a new one%s", w.index, w.pid, w.exit_text,
                     f" in {delay:.1f} s" if delay else "")
-        if delay:
-            await asyncio.sleep(delay)
-        if self.stopping:
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            try:
+                await self.spawn(w.index)
+            except Exception as e:  # noqa: BLE001 - e.g. out of processes: the others keep serving
+                delay = MAX_BACKOFF
+                log.error("Worker %d could not be started (%s); trying again in %.0f s",
+                          w.index, e, delay)
+                continue
+            self.restarts += 1
             return
-        self.restarts += 1
-        try:
-            await self.spawn(w.index)
-        except OSError as e:
-            log.error("Worker %d could not be started: %s", w.index, e)
 
     def current_workers(self) -> list[WorkerProcess]:
         """The newest handle of every worker index (for the up gauge)."""

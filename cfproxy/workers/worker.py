@@ -98,7 +98,9 @@ class Worker:
         self.stopping = Stopping()
         self.go = asyncio.Event()
         self.primary_gone = asyncio.Event()
-        self.exiting = False
+        self.exiting = False  # draining is over: the channel closing is expected
+        self.half_closed = False  # our EOF is sent: nothing more may be written
+        self.channel_done = asyncio.Event()
         self.signals = 0
         self.reported_at = time.time()
 
@@ -122,13 +124,14 @@ class Worker:
 
     def on_closed(self, reason: str) -> None:
         if self.exiting:
+            self.channel_done.set()
             return
         # The primary is gone (EOF): nobody feeds our table any more. Stop accepting now.
         log.warning("Worker %d: primary process gone (%s); exiting", self.index, reason)
         self.primary_gone.set()
 
     def send(self, msg: Any) -> None:
-        if self.channel is not None:
+        if self.channel is not None and not self.half_closed:
             self.channel.send(msg)
 
     # --- signals and requests ------------------------------------------------------------
@@ -237,15 +240,25 @@ class Worker:
         return 0
 
     async def _close_channel(self) -> None:
+        """Half-close, then wait for the primary to close its end (at most 1 s).
+
+        Closing a Unix socket while frames the primary sent are still unread in it makes
+        the primary's end fail with ECONNRESET, and what we wrote last (the final report)
+        could be lost with it. So: EOF after the last frame, keep reading (and ignoring)
+        until the primary, having read everything, closes."""
         channel = self.channel
-        if channel is None or channel.transport is None:
+        if channel is None or channel.transport is None or channel.closed:
             return
         transport = channel.transport
-        transport.close()  # flushes what is buffered, then closes
-        for _ in range(100):
-            if transport.is_closing() and transport.get_write_buffer_size() == 0:
-                break
-            await asyncio.sleep(0.01)
+        if not transport.can_write_eof():  # pragma: no cover - Unix stream transports can
+            transport.close()
+            return
+        transport.write_eof()  # after the buffered frames
+        self.half_closed = True
+        try:
+            await asyncio.wait_for(self.channel_done.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
+            transport.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ To run the same tests against another proxy (e.g. CHP 5.3.0, to tell a hub probl
 proxy problem) set CFPROXY_E2E_PROXY_BIN_DIR to the directory holding its
 `configurable-http-proxy`; the check that the command is cfproxy's is then replaced by a
 check that it comes from that directory. Set CFPROXY_E2E_WORKERS=2 to run every proxy of
-these tests with `--workers 2`.
+these tests with `--workers 2` (`HubSetup.workers` does it for one test).
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ class HubSetup:
         self.hub_port = free_port()
         self.proxy_token = secrets.token_hex(16)
         self.service_token = secrets.token_hex(16)
+        # `--workers N` for every proxy of this set-up (None: one process)
+        self.workers: str | None = os.environ.get("CFPROXY_E2E_WORKERS") or None
 
     @property
     def public_url(self) -> str:
@@ -145,6 +147,9 @@ class HubSetup:
             "CFPROXY_E2E_PROXY_TOKEN": self.proxy_token,
             "CONFIGPROXY_AUTH_TOKEN": self.proxy_token,
         })
+        env.pop("CFPROXY_E2E_WORKERS", None)
+        if self.workers:
+            env["CFPROXY_E2E_WORKERS"] = self.workers  # read by jupyterhub_config.py
         return env
 
     def user_server_pid(self, user: str) -> int | None:
@@ -201,11 +206,10 @@ class HubProcess:
         return _stop_pid(self.proc, timeout=20)
 
 
-def proxy_extra_args() -> list[str]:
-    """`--workers N` when CFPROXY_E2E_WORKERS is set (the hub-started proxy gets it through
+def proxy_extra_args(setup: HubSetup) -> list[str]:
+    """`--workers N` when the set-up asks for it (the hub-started proxy gets it through
     jupyterhub_config.py): the same tests, run with a primary and N worker processes."""
-    workers = os.environ.get("CFPROXY_E2E_WORKERS")
-    return ["--workers", workers] if workers else []
+    return ["--workers", setup.workers] if setup.workers else []
 
 
 class SeparateProxy:
@@ -225,7 +229,7 @@ class SeparateProxy:
             [command, "--ip", "127.0.0.1", "--port", str(s.public_port),
              "--api-ip", "127.0.0.1", "--api-port", str(s.api_port),
              "--default-target", s.hub_url, "--error-target", f"{s.hub_url}/hub/error",
-             *proxy_extra_args()],
+             *proxy_extra_args(s)],
             env=s.env(), stdout=self._log, stderr=subprocess.STDOUT,
         )
         try:

@@ -102,6 +102,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def worker_pids(pid: int) -> list[int]:
+    """Child processes of the proxy (its workers with --workers N; none otherwise)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 def proxy_pid(setup: HubSetup) -> int:
     return int((setup.dir / "jupyterhub-proxy.pid").read_text())
 
@@ -109,9 +118,12 @@ def proxy_pid(setup: HubSetup) -> int:
 # --- a. the hub starts the proxy ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("proxy_workers", [None, "2"], ids=["one-process", "workers-2"])
 def test_hub_started_proxy_serves_login_spawn_page_websocket_api_and_removes_route(
-        hub_setup: HubSetup) -> None:
+        hub_setup: HubSetup, proxy_workers: str | None) -> None:
     setup = hub_setup
+    if proxy_workers:  # the same run with a primary and two worker processes (--workers 2)
+        setup.workers = proxy_workers
     hub = HubProcess(setup, HUB_CONFIG).start()
     pid = None
     try:
@@ -122,6 +134,8 @@ def test_hub_started_proxy_serves_login_spawn_page_websocket_api_and_removes_rou
         assert shutil.which(PROXY_COMMAND, path=setup.path).encode() in argv, argv
         if not os.environ.get("CFPROXY_E2E_PROXY_BIN_DIR"):  # not a trial against CHP
             assert not any(b"/tmp/chp" in a or os.path.basename(a) == b"node" for a in argv), argv
+        if setup.workers:
+            assert b"--workers" in argv and worker_pids(pid), argv
         routes = proxy_routes(setup)
         assert routes["/"]["hub"] is True and routes["/"]["jupyterhub"] is True, routes
 
@@ -174,7 +188,11 @@ def test_hub_started_proxy_serves_login_spawn_page_websocket_api_and_removes_rou
 
         # The proxy dies: the hub notices (every 5 s), starts a new one, restores the routes.
         ws.close()
+        workers = worker_pids(pid)
         os.kill(pid, signal.SIGKILL)
+        # with --workers: its workers go with it at once (the hub's new proxy needs the port)
+        wait_until(lambda: not any(pid_alive(w) for w in workers), timeout=2,
+                   what="the killed proxy's workers to end")
         wait_until(lambda: proxy_pid(setup) != pid and pid_alive(proxy_pid(setup)), timeout=30,
                    what="the hub to start a new proxy")
         pid = proxy_pid(setup)
