@@ -49,6 +49,23 @@ def clean_path(path: str) -> str:
     return join_path(split_path(path))
 
 
+def positive_option(options: Mapping[str, str], name: str, default: float,
+                    where: str = "") -> float:
+    """A positive number from a store URL's query options (`default` when absent).
+
+    Raises ValueError naming the option (and `where` it was given) for anything else."""
+    raw = options.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={raw!r}{where}: expected a positive number")
+    return value
+
+
 def to_datetime(ts: float) -> datetime:
     """An epoch timestamp (seconds) as an aware UTC datetime."""
     return datetime.fromtimestamp(ts, timezone.utc)

@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import re
 import time
@@ -95,7 +94,14 @@ import orjson
 
 from cfproxy.log import log
 from cfproxy.routing.table import RouteTable
-from cfproxy.store.base import ChangeSink, RouteChange, RouteStore, StoredRoute, StoreUnavailable
+from cfproxy.store.base import (
+    ChangeSink,
+    RouteChange,
+    RouteStore,
+    StoredRoute,
+    StoreUnavailable,
+    positive_option,
+)
 from cfproxy.store.sync import SUPERSEDED
 
 INSTALL_HINT = "--storage-backend redis://... needs `pip install cfproxy[redis]`"
@@ -223,19 +229,6 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=urlencode(rest))), ours
 
 
-def _seconds(options: dict[str, str], name: str, default: float) -> float:
-    raw = options.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={raw!r} in the redis URL: expected a positive number of seconds")
-    return value
-
-
 def redacted_url(url: str) -> str:
     """The URL without its password (user:password@ or ?password=), for messages."""
     parts = urlsplit(url)
@@ -270,8 +263,10 @@ class RedisStore(RouteStore):
         if not prefix:
             raise ValueError("prefix= in the redis URL must not be empty")
         self.prefix = prefix
-        self.resync_interval = _seconds(options, "resync_interval", DEFAULT_RESYNC_INTERVAL)
-        self.flush_interval = _seconds(options, "flush_interval", DEFAULT_FLUSH_INTERVAL)
+        self.resync_interval = positive_option(options, "resync_interval", DEFAULT_RESYNC_INTERVAL,
+                                               " in the redis URL")
+        self.flush_interval = positive_option(options, "flush_interval", DEFAULT_FLUSH_INTERVAL,
+                                              " in the redis URL")
         kwargs: dict[str, Any] = {
             # one quick retry: the first command on a pooled connection to a restarted Redis
             # fails. Not on a timeout: a hung Redis answers the API in COMMAND_TIMEOUT.

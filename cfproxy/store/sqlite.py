@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import math
 import os
 import queue
 import sqlite3
@@ -62,7 +61,7 @@ import orjson
 
 from cfproxy.log import log
 from cfproxy.routing.table import RouteTable
-from cfproxy.store.base import RouteStore, StoredRoute, StoreUnavailable
+from cfproxy.store.base import RouteStore, StoredRoute, StoreUnavailable, positive_option
 
 SCHEMA_VERSION = 1
 GROUP_MAX = 512  # jobs per transaction at most
@@ -87,6 +86,8 @@ _DELETE = "DELETE FROM routes WHERE key = ?"
 # of the memory store's).
 _ACTIVITY = ("UPDATE routes SET last_activity = j.value FROM json_each(?1) AS j "
              "WHERE routes.key = j.key AND routes.last_activity < j.value")
+_ACTIVITY_ROW = "UPDATE routes SET last_activity = ?1 WHERE key = ?2 AND last_activity < ?1"
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)  # UPDATE ... FROM (2020); else per row
 _LOAD = "SELECT prefix, data, last_activity FROM routes ORDER BY rowid"
 
 
@@ -117,9 +118,9 @@ class SQLiteStore(RouteStore):
         if sync not in _SYNCHRONOUS:
             raise ValueError(f"synchronous={sync!r}: expected normal or full")
         self.synchronous = _SYNCHRONOUS[sync]
-        self.flush_interval = _positive(options, "flush_interval", 1.0)
+        self.flush_interval = positive_option(options, "flush_interval", 1.0)
         max_pages = options.get("max_page_count")
-        self.max_page_count = int(_positive(options, "max_page_count", 1)) if max_pages else None
+        self.max_page_count = int(positive_option(options, "max_page_count", 1)) if max_pages else None
         host_routing = bool(getattr(config, "host_routing", False))
         self._table = table if table is not None else RouteTable(host_routing=host_routing)
         self._writer: _Writer | None = None
@@ -158,8 +159,12 @@ class SQLiteStore(RouteStore):
 
     async def save_activity(self, batch: Mapping[str, float]) -> None:
         key = self._key
-        doc = orjson.dumps({key(prefix): ts for prefix, ts in batch.items()}).decode()
-        await self._run(lambda conn: conn.execute(_ACTIVITY, (doc,)) and None)
+        if _UPDATE_FROM:
+            doc = orjson.dumps({key(prefix): ts for prefix, ts in batch.items()}).decode()
+            await self._run(lambda conn: conn.execute(_ACTIVITY, (doc,)) and None)
+        else:
+            rows = [(ts, key(prefix)) for prefix, ts in batch.items()]
+            await self._run(lambda conn: conn.executemany(_ACTIVITY_ROW, rows) and None)
 
     async def _run(self, job: Callable[[sqlite3.Connection], Any] | tuple) -> Any:
         writer = self._writer
@@ -177,19 +182,6 @@ def _load(conn: sqlite3.Connection) -> list[StoredRoute]:
     for prefix, data, la in conn.execute(_LOAD):
         routes.append(StoredRoute(prefix, loads(data), la))
     return routes
-
-
-def _positive(options: dict[str, str], name: str, default: float) -> float:
-    raw = options.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={raw!r}: expected a positive number")
-    return value
 
 
 class _Stop:

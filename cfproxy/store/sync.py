@@ -196,6 +196,8 @@ class StoreSync:
         kind = change.kind
         if kind == "add":
             if self._table_add(change.prefix, change.data or {}, change.last_activity) is None:
+                if self._listeners:  # not routable: whatever was routed there is gone too
+                    self._notify_now(RouteChange("remove", change.prefix, origin=change.origin))
                 return
         elif kind == "remove":
             if not self.table.remove(change.prefix):
