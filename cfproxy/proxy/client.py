@@ -74,7 +74,12 @@ from cfproxy.proxy.headers import (
 )
 from cfproxy.proxy.lookup import RouteError, RouteLookup
 from cfproxy.proxy.upgrade import ACTIVE, CLOSED, IDLE, UPGRADING, UpgradeExchange, log_path
-from cfproxy.proxy.upstream import MAX_IDLE_PER_KEY, UpstreamPools, describe_error
+from cfproxy.proxy.upstream import (
+    MAX_IDLE_PER_KEY,
+    QUEUE_WAIT_TIMEOUT,
+    UpstreamPools,
+    describe_error,
+)
 
 HEALTHZ = b"/_chp_healthz"
 HEALTHZ_BODY = b'{"status":"OK"}'
@@ -160,6 +165,7 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         self.replay_room = REPLAY_MAX
         self.rdeadline: Deadline | None = None  # --request-timeout (requests with a body)
         self.waiting = False  # queued for a connection (--max-upstream-connections)
+        self.qdeadline: Deadline | None = None  # the queue wait, when no --proxy-timeout
         self.flow: WriteFlow | None = None
         self.retried = False
         self.t_start = 0.0  # perf_counter at the request head (latency histogram)
@@ -203,6 +209,8 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
             self.pdeadline.cancel()
         if self.rdeadline is not None:
             self.rdeadline.cancel()
+        if self.qdeadline is not None:
+            self.qdeadline.cancel()
         if self.waiting:
             self.waiting = False
             self.ctx.pools.unwait(self.route.target.pool_key, self)
@@ -447,6 +455,15 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
                 # --max-upstream-connections: wait for one in a short queue, else 503
                 if pools.wait(route.pool_key, self):
                     self.waiting = True
+                    if self.pdeadline is None:
+                        # the wait is bounded by --proxy-timeout when set (armed above),
+                        # else by QUEUE_WAIT_TIMEOUT (nginx's upstream queue default)
+                        qd = self.qdeadline
+                        if qd is None:
+                            qd = self.qdeadline = Deadline(self.deadline.loop,
+                                                           self._on_queue_timeout,
+                                                           self.deadline.wheel)
+                        qd.set(QUEUE_WAIT_TIMEOUT)
                 else:
                     self._upstream_failed(None, "Error: too many requests waiting for the target")
             else:
@@ -459,6 +476,8 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         if not self.waiting:
             return False
         self.waiting = False
+        if self.qdeadline is not None:
+            self.qdeadline.clear()
         self._bind(up)
         pending = self.pending
         self.pending = None
@@ -472,8 +491,19 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         if not self.waiting:
             return False
         self.waiting = False
+        if self.qdeadline is not None:
+            self.qdeadline.clear()
         self.connecting = self.ctx.pools.connect(self.route.target, self._connected)
         return True
+
+    def _on_queue_timeout(self) -> None:
+        """No connection to the target came within QUEUE_WAIT_TIMEOUT: 503, as for
+        --proxy-timeout (counted as a proxy timeout)."""
+        if not self.waiting or self.state != ACTIVE:
+            return
+        self.ctx.metrics.timeouts["proxy"] += 1
+        self._drop_upstream(abort=True)
+        self._upstream_failed(None, "Error: timed out waiting for a connection to the target")
 
     def _after_head(self) -> None:
         """Feed the bytes that followed the head (body start or pipelined requests)."""
