@@ -266,6 +266,11 @@ def response_shape(head: bytes) -> tuple[int, int, bool, bytes] | None:
 
 _chunk_size_re = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")
 _LAST_CHUNK_END = b"0\r\n\r\n"
+_ONE_CHUNK_END = b"\r\n0\r\n\r\n"  # a chunk's CRLF, the last chunk, the empty trailer
+# The size line of a chunk of n bytes as servers write it, for n < 4096 (~200 KB; a
+# tuple index instead of formatting, ~1.5k instructions saved per small chunked body).
+_CHUNK_SIZE_LINES_N = 4096
+_CHUNK_SIZE_LINES = tuple(b"%x\r\n" % n for n in range(_CHUNK_SIZE_LINES_N))
 
 
 def chunked_body_complete(data: bytes, start: int = 0) -> bool:
@@ -273,10 +278,22 @@ def chunked_body_complete(data: bytes, start: int = 0) -> bool:
     extensions, the last chunk, no trailers (what servers send for a small response, in
     one read). Twin of parser.ChunkedReader: a fresh reader's `feed(data[start:])` returns
     its length and is done. False: not decided here (feed a ChunkedReader)."""
-    if not ENABLED or not data.endswith(_LAST_CHUNK_END):
+    if not ENABLED or data[-5:] != _LAST_CHUNK_END:
         return False
-    match = _chunk_size_re.match
     end = len(data)
+    # The common single chunk as servers write it ("%x" CRLF, data, CRLF, the last chunk,
+    # the empty trailer section), checked without a method call: the length tells the size
+    # (digits + size = length - 9), two slice compares check the rest. Method calls on
+    # bytes cost ~1-2k instructions each here; the loop below costs ~8.7k per body.
+    size = end - start - 10  # one hex digit
+    digits = 1
+    while size >= 1 << 4 * digits:
+        size -= 1
+        digits += 1
+    if size > 0 and data[-7:] == _ONE_CHUNK_END and data[start:start + digits + 2] == (
+            _CHUNK_SIZE_LINES[size] if size < _CHUNK_SIZE_LINES_N else b"%x\r\n" % size):
+        return True
+    match = _chunk_size_re.match
     pos = start
     while True:
         m = match(data, pos)

@@ -8,7 +8,8 @@ shared machine:
         python -m tests.support.exchange_driver browser 20000
 
 Instructions per exchange = (Ir at N2 - Ir at N1) / (N2 - N1), which cancels start-up.
-Scenarios: `plain` (wrk's GET, nginx response), `browser` (4,000 browser heads of 1,000
+Scenarios: `plain` (wrk's GET, nginx response), `lean` (wrk's GET, the lean backend's
+response: Content-Type and Content-Length only), `browser` (4,000 browser heads of 1,000
 users as the benchmark sends them), `browser-session` (the same, with the per-session
 X-XSRFToken a real browser sends), and `tornado`, `tornado-chunked`, `nginx-chunked`
 (plain request, that response shape). Each request is a fresh bytes object, as a read is.
@@ -77,9 +78,10 @@ def browser_heads(session_token: bool) -> list[bytes]:
 
 
 def scenario(name: str) -> tuple[list[bytes], bytes]:
-    shape = "nginx"
     if name in ("plain", "browser", "browser-session"):
         shape = "nginx"
+    elif name == "lean":
+        shape = "plain"
     else:
         shape = name
     response = shapes.shape_response(shape.encode())
