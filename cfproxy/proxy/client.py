@@ -49,6 +49,7 @@ from cfproxy.http.chunked import Dechunker
 from cfproxy.http.errors import ErrorPages, response_bytes
 from cfproxy.http.fastpath import (
     CRLF,
+    REQUEST_HEADS,
     RESPONSE_SHAPES,
     chunked_body_complete,
     response_shape,
@@ -274,7 +275,17 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         self.ctx.metrics.bytes_in += len(data)
         state = self.state
         if state == IDLE:
-            self._parse(self.buf + data if self.buf else data)
+            if not self.buf:
+                # The read is exactly one recent head: the parser's memo holds its
+                # RequestHead (parse_request_head would answer it, consumed = all of
+                # it), so it starts without the parse loop (BoundedCache.get, inlined).
+                req = REQUEST_HEADS.cur.get(data)
+                if req is not None and not self.parsing and not self.gate.held & OWN_WRITES:
+                    self._start(req)
+                    return
+                self._parse(data)
+                return
+            self._parse(self.buf + data)
         elif state == ACTIVE:
             if not self.req_done:
                 if self.ctx.timeout:
@@ -340,6 +351,38 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
     # ================================================================ request start
     def _start(self, req) -> None:
         ctx = self.ctx
+        if req is self.last_req and ctx.table.version == self.last_version and ctx.fast_paths:
+            # The same head object as this connection's previous proxied request (the
+            # parser hands out one RequestHead per distinct recent head, only for the
+            # dominant request: GET/HEAD, no body, keep-alive, no upgrade, no Expect; and
+            # a health check never becomes last_req) and an unchanged table: the same
+            # route and forwarded head (they depend only on the head, the route and this
+            # connection). Skips the framing checks, the lookup and request_head; what
+            # the general branch below would set for such a head is set here.
+            self.req = req
+            self.state = ACTIVE
+            self.resp_done = False
+            self.resp_status = 0
+            self.resp_buf = b""
+            self.retried = False
+            self.req_chunks = None
+            self.req_done = True
+            self.replay = None
+            self.replay_ok = True
+            if ctx.timeout:
+                self.dkind = T_ACTIVITY
+                self.deadline.set(ctx.timeout)
+            else:
+                self.dkind = 0
+                self.deadline.expires = 0.0  # Deadline.clear(), inlined (hot path)
+            ctx.metrics.requests_web += 1
+            t0 = self.t_start = time.perf_counter()
+            ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
+            route = self.route = self.last_route
+            if ctx.debug:
+                log.debug("PROXY WEB %s to %s", log_path(req.target), route.target.url)
+            self._dispatch(route, self.last_head)
+            return
         self.req = req
         self.state = ACTIVE
         self.route = None
@@ -397,18 +440,6 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         # route lookup (3.1) and the forwarded path (3.4): lookup.py
         t0 = self.t_start = time.perf_counter()
         version = ctx.table.version
-        if req is self.last_req and version == self.last_version and ctx.fast_paths:
-            # The same head object as this connection's previous request (the parser
-            # hands out one RequestHead per distinct recent head) and an unchanged
-            # table: the same route and the same forwarded head (it depends only on
-            # the head, the route and this connection). Skips the lookup and
-            # request_head.
-            ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
-            route = self.route = self.last_route
-            if ctx.debug:
-                log.debug("PROXY WEB %s to %s", log_path(raw_target), route.target.url)
-            self._dispatch(route, self.last_head)
-            return
         try:
             route, path = ctx.lookup.target_for_req(req, t0)
         except RouteError as e:
@@ -440,7 +471,15 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         if self.pdeadline is not None:
             self.pdeadline.set(ctx.proxy_timeout)
         pools = ctx.pools
-        up = pools.acquire_key(route.pool_key)
+        # pools.acquire_key, inlined (hot path)
+        up = None
+        lst = pools.idle.get(route.pool_key)
+        while lst:
+            conn = lst.pop()
+            if conn.alive and not conn.transport.is_closing():
+                conn.reused = True
+                up = conn
+                break
         if up is not None:
             self.up = up  # _bind, inlined (hot path)
             up.owner = self

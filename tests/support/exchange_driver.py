@@ -115,4 +115,12 @@ async def run(name: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(run(sys.argv[1], int(sys.argv[2])))
+    # the proxy's loop (server.py): uvloop, unless CFPROXY_DRIVER_LOOP=asyncio
+    import os
+    if os.environ.get("CFPROXY_DRIVER_LOOP") == "asyncio":
+        asyncio.run(run(sys.argv[1], int(sys.argv[2])))
+    else:
+        import uvloop
+        loop = uvloop.new_event_loop()
+        loop.run_until_complete(run(sys.argv[1], int(sys.argv[2])))
+        loop.close()
