@@ -62,7 +62,8 @@ out with one case-insensitive ``findall`` (a field name only ever follows CRLF
 and a value cannot hold CR), and the other field lines are split only when
 someone asks for ``headers`` (the proxy forwards ``raw`` and never does). The
 dominant request is decided by its twin in fastpath.py and remembered per head
-bytes, so RequestHeads are shared and must not be modified by callers. The
+bytes (and its field block per block bytes, so a known browser's new path costs a
+request-line match), so RequestHeads are shared and must not be modified by callers. The
 measurements behind these choices are in benchmarks/README.md.
 """
 

@@ -49,6 +49,7 @@ from cfproxy.http.chunked import Dechunker
 from cfproxy.http.errors import ErrorPages, response_bytes
 from cfproxy.http.fastpath import (
     CRLF,
+    REQUEST_HEADS,
     RESPONSE_SHAPES,
     chunked_body_complete,
     response_shape,
@@ -74,7 +75,12 @@ from cfproxy.proxy.headers import (
 )
 from cfproxy.proxy.lookup import RouteError, RouteLookup
 from cfproxy.proxy.upgrade import ACTIVE, CLOSED, IDLE, UPGRADING, UpgradeExchange, log_path
-from cfproxy.proxy.upstream import MAX_IDLE_PER_KEY, UpstreamPools, describe_error
+from cfproxy.proxy.upstream import (
+    MAX_IDLE_PER_KEY,
+    QUEUE_WAIT_TIMEOUT,
+    UpstreamPools,
+    describe_error,
+)
 
 HEALTHZ = b"/_chp_healthz"
 HEALTHZ_BODY = b'{"status":"OK"}'
@@ -160,6 +166,7 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         self.replay_room = REPLAY_MAX
         self.rdeadline: Deadline | None = None  # --request-timeout (requests with a body)
         self.waiting = False  # queued for a connection (--max-upstream-connections)
+        self.qdeadline: Deadline | None = None  # the queue wait, when no --proxy-timeout
         self.flow: WriteFlow | None = None
         self.retried = False
         self.t_start = 0.0  # perf_counter at the request head (latency histogram)
@@ -203,6 +210,8 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
             self.pdeadline.cancel()
         if self.rdeadline is not None:
             self.rdeadline.cancel()
+        if self.qdeadline is not None:
+            self.qdeadline.cancel()
         if self.waiting:
             self.waiting = False
             self.ctx.pools.unwait(self.route.target.pool_key, self)
@@ -266,7 +275,17 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         self.ctx.metrics.bytes_in += len(data)
         state = self.state
         if state == IDLE:
-            self._parse(self.buf + data if self.buf else data)
+            if not self.buf:
+                # The read is exactly one recent head: the parser's memo holds its
+                # RequestHead (parse_request_head would answer it, consumed = all of
+                # it), so it starts without the parse loop (BoundedCache.get, inlined).
+                req = REQUEST_HEADS.cur.get(data)
+                if req is not None and not self.parsing and not self.gate.held & OWN_WRITES:
+                    self._start(req)
+                    return
+                self._parse(data)
+                return
+            self._parse(self.buf + data)
         elif state == ACTIVE:
             if not self.req_done:
                 if self.ctx.timeout:
@@ -332,6 +351,38 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
     # ================================================================ request start
     def _start(self, req) -> None:
         ctx = self.ctx
+        if req is self.last_req and ctx.table.version == self.last_version and ctx.fast_paths:
+            # The same head object as this connection's previous proxied request (the
+            # parser hands out one RequestHead per distinct recent head, only for the
+            # dominant request: GET/HEAD, no body, keep-alive, no upgrade, no Expect; and
+            # a health check never becomes last_req) and an unchanged table: the same
+            # route and forwarded head (they depend only on the head, the route and this
+            # connection). Skips the framing checks, the lookup and request_head; what
+            # the general branch below would set for such a head is set here.
+            self.req = req
+            self.state = ACTIVE
+            self.resp_done = False
+            self.resp_status = 0
+            self.resp_buf = b""
+            self.retried = False
+            self.req_chunks = None
+            self.req_done = True
+            self.replay = None
+            self.replay_ok = True
+            if ctx.timeout:
+                self.dkind = T_ACTIVITY
+                self.deadline.set(ctx.timeout)
+            else:
+                self.dkind = 0
+                self.deadline.expires = 0.0  # Deadline.clear(), inlined (hot path)
+            ctx.metrics.requests_web += 1
+            t0 = self.t_start = time.perf_counter()
+            ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
+            route = self.route = self.last_route
+            if ctx.debug:
+                log.debug("PROXY WEB %s to %s", log_path(req.target), route.target.url)
+            self._dispatch(route, self.last_head)
+            return
         self.req = req
         self.state = ACTIVE
         self.route = None
@@ -389,18 +440,6 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         # route lookup (3.1) and the forwarded path (3.4): lookup.py
         t0 = self.t_start = time.perf_counter()
         version = ctx.table.version
-        if req is self.last_req and version == self.last_version and ctx.fast_paths:
-            # The same head object as this connection's previous request (the parser
-            # hands out one RequestHead per distinct recent head) and an unchanged
-            # table: the same route and the same forwarded head (it depends only on
-            # the head, the route and this connection). Skips the lookup and
-            # request_head.
-            ctx.metrics.find_target_for_req.observe(time.perf_counter() - t0)
-            route = self.route = self.last_route
-            if ctx.debug:
-                log.debug("PROXY WEB %s to %s", log_path(raw_target), route.target.url)
-            self._dispatch(route, self.last_head)
-            return
         try:
             route, path = ctx.lookup.target_for_req(req, t0)
         except RouteError as e:
@@ -432,7 +471,15 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         if self.pdeadline is not None:
             self.pdeadline.set(ctx.proxy_timeout)
         pools = ctx.pools
-        up = pools.acquire_key(route.pool_key)
+        # pools.acquire_key, inlined (hot path)
+        up = None
+        lst = pools.idle.get(route.pool_key)
+        while lst:
+            conn = lst.pop()
+            if conn.alive and not conn.transport.is_closing():
+                conn.reused = True
+                up = conn
+                break
         if up is not None:
             self.up = up  # _bind, inlined (hot path)
             up.owner = self
@@ -447,6 +494,15 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
                 # --max-upstream-connections: wait for one in a short queue, else 503
                 if pools.wait(route.pool_key, self):
                     self.waiting = True
+                    if self.pdeadline is None:
+                        # the wait is bounded by --proxy-timeout when set (armed above),
+                        # else by QUEUE_WAIT_TIMEOUT (nginx's upstream queue default)
+                        qd = self.qdeadline
+                        if qd is None:
+                            qd = self.qdeadline = Deadline(self.deadline.loop,
+                                                           self._on_queue_timeout,
+                                                           self.deadline.wheel)
+                        qd.set(QUEUE_WAIT_TIMEOUT)
                 else:
                     self._upstream_failed(None, "Error: too many requests waiting for the target")
             else:
@@ -459,6 +515,8 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         if not self.waiting:
             return False
         self.waiting = False
+        if self.qdeadline is not None:
+            self.qdeadline.clear()
         self._bind(up)
         pending = self.pending
         self.pending = None
@@ -472,8 +530,19 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         if not self.waiting:
             return False
         self.waiting = False
+        if self.qdeadline is not None:
+            self.qdeadline.clear()
         self.connecting = self.ctx.pools.connect(self.route.target, self._connected)
         return True
+
+    def _on_queue_timeout(self) -> None:
+        """No connection to the target came within QUEUE_WAIT_TIMEOUT: 503, as for
+        --proxy-timeout (counted as a proxy timeout)."""
+        if not self.waiting or self.state != ACTIVE:
+            return
+        self.ctx.metrics.timeouts["proxy"] += 1
+        self._drop_upstream(abort=True)
+        self._upstream_failed(None, "Error: timed out waiting for a connection to the target")
 
     def _after_head(self) -> None:
         """Feed the bytes that followed the head (body start or pipelined requests)."""

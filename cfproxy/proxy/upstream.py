@@ -37,6 +37,9 @@ from cfproxy.routing.target import Target
 
 MAX_IDLE_PER_KEY = 256  # Node's default maxFreeSockets for CHP's keep-alive agent
 WAIT_QUEUE_MAX = 64  # requests waiting per key for a connection under a cap
+# Seconds a request waits in that queue when --proxy-timeout is not set (which bounds the
+# wait when it is); then 503. nginx's upstream `queue` timeout defaults to 60 s too.
+QUEUE_WAIT_TIMEOUT = 60.0
 IDLE_TICKS = 8  # idle sweeps per --upstream-idle-timeout
 
 
