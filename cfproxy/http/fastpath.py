@@ -179,13 +179,15 @@ def request_fields(raw: bytes) -> tuple[bytes, bytes, bytes, bytes | None] | Non
     fields = FIELD_BLOCKS.cur.get(block)  # BoundedCache.get, inlined (hot path)
     if fields is None:
         if FIELD_BLOCKS.prev:
-            fields = FIELD_BLOCKS.promote(block)
+            fields = FIELD_BLOCKS.prev.pop(block, None)  # BoundedCache.promote, inlined
         if fields is None:
             fields = field_block(block)
             if fields is None:
                 return None
             if len(block) <= FIELD_BLOCK_MEMO_MAX:
                 FIELD_BLOCKS.put(block, fields)
+        else:
+            FIELD_BLOCKS.put(block, fields)
     method, target = m.groups()
     return method, target, fields[0], fields[1]
 

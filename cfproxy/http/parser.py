@@ -412,7 +412,9 @@ def parse_request_head(buf: bytes | bytearray, max_size: int) -> tuple[RequestHe
     # are therefore shared: callers must not modify them.
     hit = REQUEST_HEADS.cur.get(raw)  # BoundedCache.get, inlined (hot path)
     if hit is None and REQUEST_HEADS.prev:
-        hit = REQUEST_HEADS.promote(raw)
+        hit = REQUEST_HEADS.prev.pop(raw, None)  # BoundedCache.promote, inlined
+        if hit is not None:
+            REQUEST_HEADS.put(raw, hit)
     if hit is not None:
         return hit, consumed
     fields = fastpath.request_fields(raw)
