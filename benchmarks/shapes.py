@@ -102,20 +102,26 @@ def _hex(rng: random.Random, n: int) -> str:
     return "".join(rng.choice("0123456789abcdef") for _ in range(n))
 
 
-def browser_cookie(user: str, rng: random.Random) -> str:
+def browser_xsrf(rng: random.Random) -> str:
+    """A tornado `_xsrf` token (JupyterLab sends the cookie's value as X-XSRFToken)."""
+    return f"2|{_hex(rng, 8)}|{_hex(rng, 32)}|1765083210"
+
+
+def browser_cookie(user: str, rng: random.Random, xsrf: str | None = None) -> str:
     """The cookies a logged-in JupyterHub user's browser sends to /user/<name>/ (~300 bytes)."""
     return (f"jupyterhub-user-{user}=2|1:0|10:1765083210|21:jupyterhub-user-{user}|44:"
-            f"{_hex(rng, 44)}|{_hex(rng, 64)}; _xsrf=2|{_hex(rng, 8)}|{_hex(rng, 32)}|1765083210; "
+            f"{_hex(rng, 44)}|{_hex(rng, 64)}; _xsrf={xsrf or browser_xsrf(rng)}; "
             f"jupyterhub-session-id={_hex(rng, 32)}")
 
 
 def browser_head(host: str, user: str, path: str, rng: random.Random,
                  method: str = "GET", extra: str = "") -> bytes:
     """A browser-shaped request head (~750 bytes) for `path` under /user/<user>/."""
+    xsrf = browser_xsrf(rng)
     return (f"{method} /user/{user}{path} HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive\r\n"
-            f"User-Agent: {USER_AGENT}\r\nAccept: {ACCEPT}\r\nX-XSRFToken: {_hex(rng, 32)}\r\n"
+            f"User-Agent: {USER_AGENT}\r\nAccept: {ACCEPT}\r\nX-XSRFToken: {xsrf}\r\n"
             f"Referer: http://{host}/user/{user}/lab\r\nAccept-Encoding: {ACCEPT_ENCODING}\r\n"
-            f"Accept-Language: {ACCEPT_LANGUAGE}\r\nCookie: {browser_cookie(user, rng)}\r\n"
+            f"Accept-Language: {ACCEPT_LANGUAGE}\r\nCookie: {browser_cookie(user, rng, xsrf)}\r\n"
             f"{extra}\r\n").encode()
 
 

@@ -56,9 +56,11 @@ init = function(args)
     local host = wrk.headers["Host"]
     for u = 0, nusers - 1 do
       local user = string.format("u%04d", u)
+      -- JupyterLab sends the _xsrf cookie's value as X-XSRFToken: one token per browser
+      local xsrf = "2|" .. hex(8) .. "|" .. hex(32) .. "|1765083210"
       local cookie = "jupyterhub-user-" .. user .. "=2|1:0|10:1765083210|21:jupyterhub-user-" ..
-        user .. "|44:" .. hex(44) .. "|" .. hex(64) .. "; _xsrf=2|" .. hex(8) .. "|" .. hex(32) ..
-        "|1765083210; jupyterhub-session-id=" .. hex(32)
+        user .. "|44:" .. hex(44) .. "|" .. hex(64) .. "; _xsrf=" .. xsrf ..
+        "; jupyterhub-session-id=" .. hex(32)
       for j = 1, per_user do
         local p = paths[math.random(#paths)]
         p = p:gsub("{ts}", tostring(1765083210000 + math.random(0, 999999)))
@@ -66,7 +68,7 @@ init = function(args)
         nreqs = nreqs + 1
         reqs[nreqs] = "GET /user/" .. user .. p .. " HTTP/1.1\r\nHost: " .. host ..
           "\r\nConnection: keep-alive\r\nUser-Agent: " .. user_agent ..
-          "\r\nAccept: " .. accept .. "\r\nX-XSRFToken: " .. hex(32) ..
+          "\r\nAccept: " .. accept .. "\r\nX-XSRFToken: " .. xsrf ..
           "\r\nReferer: http://" .. host .. "/user/" .. user .. "/lab" ..
           "\r\nAccept-Encoding: " .. accept_encoding .. "\r\nAccept-Language: " ..
           accept_language .. "\r\nCookie: " .. cookie .. "\r\n\r\n"
