@@ -3,7 +3,8 @@
 A fast path is a twin, not a second semantics (DESIGN.md rule 8): each function here
 recognises the dominant case of one general function, answers exactly what that function
 would answer, and returns None for anything else, so the caller takes the general code.
-Each names its twin, and tests/test_fastpath.py checks every pair against each other.
+Each names its twin, and tests/test_proxy_fastpath.py,
+tests/test_parser_fastpath.py and tests/test_fastpath_blocks.py check every pair against each other.
 No I/O and no per-connection state: bytes in, decision out.
 
 The switch: `CFPROXY_FAST_PATHS=0` in the environment (or `Config.fast_paths = False`,
