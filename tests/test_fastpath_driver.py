@@ -11,6 +11,7 @@ from tests.support import exchange_driver
 
 
 @pytest.mark.parametrize("scenario", ["plain", "lean", "browser", "browser-session", "tornado",
-                                      "tornado-cookie", "tornado-chunked", "nginx-chunked"])
+                                      "tornado-cookie", "tornado-chunked", "nginx-chunked", "routes",
+                                      "routes-one"])
 def test_driver_runs_every_scenario(scenario):
     asyncio.run(exchange_driver.run(scenario, 50))

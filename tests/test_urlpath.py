@@ -176,12 +176,24 @@ _TRICKY = st.lists(st.sampled_from(
        st.sampled_from([(True, True), (False, True), (True, False), (False, False)]))
 def test_plain_target_fast_paths_agree_with_the_general_algorithm(parts, leading_slash, target,
                                                                   flags):
-    from cfproxy.http.urlpath import _forward_path_general, _routing_path_general
+    from cfproxy.http import fastpath
+    from cfproxy.http.urlpath import (
+        _forward_path_general,
+        _routing_path_general,
+        routing_path_and_query,
+    )
 
     raw = (b"/" if leading_slash else b"") + b"".join(parts)
     assert outcome(routing_path, raw) == outcome(_routing_path_general, raw)
     args = (raw, "/", target[0], target[1], *flags)
     assert outcome(forward_path, *args) == outcome(_forward_path_general, *args)
+    # the lookup's single plain-target match, handed on to forward_path
+    both = outcome(routing_path_and_query, raw)
+    if both is MalformedPath:
+        assert outcome(routing_path, raw) is MalformedPath
+    else:
+        assert both == (routing_path(raw), fastpath.plain_target_query(raw))
+        assert outcome(forward_path, *args, both[1]) == outcome(_forward_path_general, *args)
 
 
 def test_plain_targets_take_the_fast_path():

@@ -226,6 +226,17 @@ def routing_path(raw_target: bytes) -> str:
     return _routing_path_general(raw_target)
 
 
+def routing_path_and_query(raw_target: bytes) -> tuple[str, int | None]:
+    """(routing_path(raw_target), fastpath.plain_target_query(raw_target)): the proxy's
+    lookup needs both on a route cache miss and passes the second to forward_path, so
+    the plain-target match runs once per new request-target instead of twice (~5k
+    instructions)."""
+    q = plain_target_query(raw_target)
+    if q is not None:
+        return (raw_target if q < 0 else raw_target[:q]).decode("ascii"), q
+    return _routing_path_general(raw_target), None
+
+
 def _routing_path_general(raw_target: bytes) -> str:
     """routing_path without the fast path (tests compare the two)."""
     end = _path_end(raw_target)
@@ -320,6 +331,7 @@ def forward_path(
     target_query: str,
     prepend_path: bool,
     include_prefix: bool,
+    plain_query: int | None = -2,
 ) -> bytes:
     """The request-target sent upstream (reference 3.4), as bytes.
 
@@ -327,10 +339,12 @@ def forward_path(
     without the host segment), ``target_path``/``target_query`` the route
     target's path ("" = none) and query (without "?"). ``prepend_path`` and
     ``include_prefix`` are the inverted ``--no-prepend-path`` /
-    ``--no-include-prefix`` flags.
+    ``--no-include-prefix`` flags. ``plain_query`` is
+    ``fastpath.plain_target_query(raw_target)`` when the caller has it (-2: not known).
     """
     if include_prefix:
-        q = plain_target_query(raw_target)  # the twin of the general code below
+        # the twin of the general code below
+        q = plain_target_query(raw_target) if plain_query == -2 else plain_query
         if q is not None:
             if not prepend_path or (not target_query and target_path in ("", "/")):
                 # the target adds nothing: forwarded as received (an empty query, a

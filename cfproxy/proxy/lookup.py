@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 from cfproxy.http.fastpath import ROUTE_CACHE_SIZE, BoundedCache
-from cfproxy.http.urlpath import MalformedPath, forward_path, routing_path
+from cfproxy.http.urlpath import MalformedPath, forward_path, routing_path, routing_path_and_query
 from cfproxy.proxy.headers import host_routing_name
 
 
@@ -58,7 +58,7 @@ class RouteLookup:
             self.observe(time.perf_counter() - t0)
             return hit
         try:
-            lookup = routing_path(raw_target)
+            lookup, plain_query = routing_path_and_query(raw_target)
         except MalformedPath as e:  # Q26: a client error (CHP: 500)
             self.observe(time.perf_counter() - t0)
             raise RouteError(400, f"URIError: {e}") from None
@@ -69,7 +69,7 @@ class RouteLookup:
         if route is None:
             raise RouteError(404, "")
         try:
-            path = self.forward_path(raw_target, route)
+            path = self.forward_path(raw_target, route, plain_query)
         except Exception as e:  # noqa: BLE001 - CHP: any dispatch exception -> 500
             raise RouteError(500, f"Error: {e}") from None
         hit = (route, path)
@@ -92,12 +92,13 @@ class RouteLookup:
             raise RouteError(404, "")
         return route
 
-    def forward_path(self, raw_target: bytes, route) -> bytes:
-        """The request-target sent to `route`'s target (reference 3.4)."""
+    def forward_path(self, raw_target: bytes, route, plain_query: int | None = -2) -> bytes:
+        """The request-target sent to `route`'s target (reference 3.4); `plain_query` as
+        urlpath.forward_path takes it."""
         prefix = route.prefix
         if self.host_routing and not self.include_prefix:
             i = prefix.find("/", 1)
             prefix = prefix[i:] if i > 0 else "/"
         target = route.target
         return forward_path(raw_target, prefix, target.path, target.query,
-                            self.prepend_path, self.include_prefix)
+                            self.prepend_path, self.include_prefix, plain_query)

@@ -12,7 +12,10 @@ Scenarios: `plain` (wrk's GET, nginx response), `lean` (wrk's GET, the lean back
 response: Content-Type and Content-Length only), `browser` (4,000 browser heads of 1,000
 users as the benchmark sends them), `browser-session` (the same, with the per-session
 X-XSRFToken a real browser sends), and `tornado`, `tornado-chunked`, `nginx-chunked`
-(plain request, that response shape). Each request is a fresh bytes object, as a read is.
+(plain request, that response shape), `routes` (the routes benchmark: 100,000 routes
+/r/<i>, `GET /r/<i>/` with i at random, so nearly every request-target is new: route cache
+and head memo misses) and `routes-one` (the same table, always `GET /r/0/`).
+Each request is a fresh bytes object, as a read is.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ class FakeTransport:
 
 
 PLAIN = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n"
+ROUTES = 100_000
+
+
+def route_head(i: int) -> bytes:
+    # wrk.format("GET", "/r/" .. i .. "/") as benchmarks/wrkload.py sends it
+    return b"GET /r/%d/ HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n" % i
 
 
 def browser_heads(session_token: bool) -> list[bytes]:
@@ -80,7 +89,7 @@ def browser_heads(session_token: bool) -> list[bytes]:
 def scenario(name: str) -> tuple[list[bytes], bytes]:
     if name in ("plain", "browser", "browser-session"):
         shape = "nginx"
-    elif name == "lean":
+    elif name in ("lean", "routes", "routes-one"):
         shape = "plain"
     else:
         shape = name
@@ -89,6 +98,10 @@ def scenario(name: str) -> tuple[list[bytes], bytes]:
         return browser_heads(False), response
     if name == "browser-session":
         return browser_heads(True), response
+    if name == "routes":
+        return [route_head(i) for i in range(ROUTES)], response
+    if name == "routes-one":
+        return [route_head(0)], response
     return [PLAIN], response
 
 
@@ -98,6 +111,9 @@ async def run(name: str, n: int) -> None:
     app.table.add("/", {"target": "http://127.0.0.1:9"})
     for u in range(shapes.USERS):
         app.table.add(f"/user/{shapes.user_name(u)}", {"target": "http://127.0.0.1:9"})
+    if name.startswith("routes"):
+        for i in range(ROUTES):
+            app.table.add(f"/r/{i}", {"target": "http://127.0.0.1:9"})
     proto = make_client_protocol_factory(app)()
     proto.connection_made(FakeTransport())
     pools = proto.ctx.pools
