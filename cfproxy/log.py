@@ -69,6 +69,9 @@ class ChpFormatter(logging.Formatter):
         return self.render(record.created, int(record.msecs), level, msg)
 
 
+_running_loop_getter: list = [None]  # asyncio.events._get_running_loop, once asyncio is imported
+
+
 class LoopFlushedHandler(logging.StreamHandler):
     """A StreamHandler that writes and flushes once per event-loop iteration inside a running
     loop (at once outside one). Lines wait in our own list, so this holds whether or not the
@@ -90,7 +93,10 @@ class LoopFlushedHandler(logging.StreamHandler):
         self._add(line, record)
 
     def write_plain(self, level: int, msg: object, args: tuple) -> bool:
-        """ChpLogger's fast path: format and write without a LogRecord; False = use the slow path."""
+        """ChpLogger's fast path: format and write without a LogRecord; False = use the slow path.
+
+        (ChpFormatter.render inlined, and the running loop looked up directly: three lines per
+        API add made this the largest single cost of an add in Python; see `_add`.)"""
         formatter = self.formatter
         if type(formatter) is not ChpFormatter or self.filters or level < self.level:
             return False
@@ -102,17 +108,31 @@ class LoopFlushedHandler(logging.StreamHandler):
             else:
                 text = str(msg)
             now = time.time()
-            line = formatter.render(now, int((now - int(now)) * 1000), _NAMES[level], text)
+            second = int(now)
+            if second != formatter._second:
+                formatter._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+                formatter._second = second
+            name = _NAMES[level]
+            if formatter.colour:
+                name = f"{_COLOURS.get(name, '')}{name}\x1b[39m"
+            line = (f"{formatter._stamp}.{int((now - second) * 1000):03d}Z [ConfigProxy] "
+                    f"{name}: {text}{self.terminator}")
         except Exception:  # noqa: BLE001 - the slow path reports it the standard way
             return False
-        self._add(line + self.terminator, None)
+        self._add(line, None)
         return True
 
     def _add(self, line: str, record: logging.LogRecord | None) -> None:
         with self.lock:
             self._pending.append(line)
-        aio = sys.modules.get("asyncio")  # no running loop can exist before asyncio is imported
-        loop = aio.events._get_running_loop() if aio is not None else None
+        get_loop = _running_loop_getter[0]
+        if get_loop is None:  # no running loop can exist before asyncio is imported
+            aio = sys.modules.get("asyncio")
+            if aio is None:
+                self._flush_now(record)
+                return
+            get_loop = _running_loop_getter[0] = aio.events._get_running_loop
+        loop = get_loop()
         if loop is None:
             self._flush_now(record)
         elif self._scheduled_on is not loop:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -70,6 +71,10 @@ _KEEP_ALIVE = b"connection: keep-alive\r\nkeep-alive: timeout=5\r\n\r\n"
 _CLOSE = b"connection: close\r\n\r\n"
 _CLIENT_CLOSE = b"keep-alive: timeout=5\r\nConnection: close\r\n\r\n"  # as h11 rewrote ours
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The first Authorization field's value (surrounding OWS dropped) from the validated head's
+# bytes, as the parser's field list gives it (a field name only ever follows CRLF, a value
+# holds no CR), without splitting every field line: the parser leaves them unsplit until asked.
+_AUTHORIZATION_RE = re.compile(rb"\r\nauthorization:[ \t]*([^\r]*)", re.IGNORECASE)
 _SEPARATE_WRITE = 64 * 1024  # bodies at least this big go out with writev, not copied behind the head
 
 
@@ -277,11 +282,8 @@ class ApiProtocol(asyncio.Protocol):
         target = head.target.decode("latin-1")
         self.log_path = target.split("?", 1)[0]
         self.keep_alive = head.keep_alive and head.version == 11  # no keep-alive for HTTP/1.0
-        authorization = None
-        for name, value in head.headers:
-            if len(name) == 13 and name.lower() == b"authorization":
-                authorization = value
-                break
+        m = _AUTHORIZATION_RE.search(head.raw)
+        authorization = m.group(1).rstrip(b" \t") if m is not None else None
         outcome = preflight(self.app, self.method, target, authorization, self.peer)
         if isinstance(outcome, ApiResponse):
             self._respond_early(outcome, self._skip_body(head))

@@ -134,7 +134,8 @@ class StoreSync:
         # (table.add parses the target again: parse_target answers it from its cache;
         # subclasses of RouteTable, e.g. the --workers FeedTable, take exactly these arguments)
         route = self.table.add(prefix, data, la)
-        await self._notify(RouteChange("add", prefix, data, la, origin="api"))
+        if self._listeners:  # (none without --workers: no RouteChange, no coroutine per add)
+            await self._notify(RouteChange("add", prefix, data, la, origin="api"))
         return route
 
     async def _remove(self, prefix: str) -> bool:
