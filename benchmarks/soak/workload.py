@@ -221,18 +221,23 @@ class Workload:
             return rng.randrange(FAULTED_USERS)
         return rng.randrange(FAULTED_USERS, self.users)
 
-    async def browser(self, idx: int) -> None:
-        rng = random.Random(100 + idx)
+    async def repeat(self, seed: int, session, max_gap: float) -> None:
+        """Run `session(rng)` again and again while traffic flows (counted as busy), with a
+        random gap of up to `max_gap` seconds between sessions."""
+        rng = random.Random(seed)
         while not self.stop.is_set():
             if not self.traffic.is_set():
                 await asyncio.sleep(0.2)
                 continue
             self.busy += 1
             try:
-                await self.browser_connection(rng)
+                await session(rng)
             finally:
                 self.busy -= 1
-            await asyncio.sleep(rng.uniform(0, 0.05))
+            await asyncio.sleep(rng.uniform(0, max_gap))
+
+    async def browser(self, idx: int) -> None:
+        await self.repeat(100 + idx, self.browser_connection, 0.05)
 
     async def browser_connection(self, rng: random.Random) -> None:
         try:
@@ -279,17 +284,7 @@ class Workload:
             _close(w, abort)
 
     async def websocket(self, idx: int) -> None:
-        rng = random.Random(200 + idx)
-        while not self.stop.is_set():
-            if not self.traffic.is_set():
-                await asyncio.sleep(0.2)
-                continue
-            self.busy += 1
-            try:
-                await self.websocket_session(rng)
-            finally:
-                self.busy -= 1
-            await asyncio.sleep(rng.uniform(0, 0.5))
+        await self.repeat(200 + idx, self.websocket_session, 0.5)
 
     async def websocket_session(self, rng: random.Random) -> None:
         i = rng.randrange(FAULTED_USERS, self.users)
