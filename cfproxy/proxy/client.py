@@ -517,12 +517,7 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         self.waiting = False
         if self.qdeadline is not None:
             self.qdeadline.clear()
-        self._bind(up)
-        pending = self.pending
-        self.pending = None
-        if pending:
-            up.transport.writelines(pending)
-        self.gate.release(CONNECTING)
+        self._attach(up)
         return True
 
     def may_connect(self) -> bool:
@@ -640,6 +635,16 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
         if self.paused_by_client:
             up.gate.hold(PEER_BUSY)
 
+    def _attach(self, up) -> None:
+        """Make `up` (new, or handed over from the per-target queue) this request's upstream:
+        send what waited for it and let the client be read again."""
+        self._bind(up)
+        pending = self.pending
+        self.pending = None
+        if pending:
+            up.transport.writelines(pending)
+        self.gate.release(CONNECTING)
+
     def _connected(self, task: asyncio.Task) -> None:
         if self.connecting is not task:  # client gone or request over: keep a fresh conn
             if not task.cancelled() and task.exception() is None:
@@ -654,12 +659,7 @@ class ClientProtocol(UpgradeExchange, asyncio.Protocol):
             self._upstream_failed(exc)
             return
         _, up = task.result()
-        self._bind(up)
-        pending = self.pending
-        self.pending = None
-        if pending:
-            up.transport.writelines(pending)
-        self.gate.release(CONNECTING)
+        self._attach(up)
 
     def _drop_upstream(self, abort: bool = False) -> None:
         up = self.up
