@@ -24,38 +24,23 @@ from cfproxy.proxy import client as client_mod
 from cfproxy.proxy import headers as headers_mod
 from cfproxy.proxy.client import make_client_protocol_factory
 from cfproxy.proxy.upstream import UpstreamConnection
+from tests.support.exchange_driver import FakeTransport as CountingTransport
 
 
-class FakeTransport:
+class FakeTransport(CountingTransport):
+    """The driver's fake transport, keeping the bytes written (to compare fast and general)."""
+
+    __slots__ = ("out",)
+
     def __init__(self) -> None:
+        super().__init__()
         self.out: list[bytes] = []
-        self.closing = False
 
     def write(self, data: bytes) -> None:
         self.out.append(bytes(data))
 
     def writelines(self, lines) -> None:
         self.out.extend(bytes(x) for x in lines)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closing = True
-
-    abort = close
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 NEVER = re.compile(rb"(?!)")
