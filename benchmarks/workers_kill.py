@@ -45,7 +45,8 @@ async def _add_routes(api_port: int, n: int, target: str) -> None:
         writer.close()
 
 
-def _socket_inodes(pid: int) -> set[int]:
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of the sockets process `pid` holds open (empty when it is gone)."""
     out = set()
     try:
         names = os.listdir(f"/proc/{pid}/fd")
@@ -69,7 +70,7 @@ def _owners(proxy_port: int, client_ports: dict, pids: list[int]) -> dict:
             fields = line.split()
             if int(fields[1].split(":")[1], 16) == proxy_port:
                 inode_of[int(fields[2].split(":")[1], 16)] = int(fields[9])
-    held = {pid: _socket_inodes(pid) for pid in pids}
+    held = {pid: socket_inodes(pid) for pid in pids}
     out = {}
     for conn, cport in client_ports.items():
         inode = inode_of.get(cport)

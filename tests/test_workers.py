@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from benchmarks.workers_kill import socket_inodes
 from tests.api_client import Conn, build, call
 from tests.support.backends import wait_until
 from tests.support.proxy_process import ProxyProcess, free_port, run_cli, wait_for_port
@@ -67,18 +68,6 @@ def scrape(port: int) -> str:
 def sample(text: str, name: str) -> float | None:
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     return float(m.group(1)) if m else None
-
-
-def socket_inodes(pid: int) -> set[int]:
-    out = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            out.add(int(link[8:-1]))
-    return out
 
 
 def worker_of(sock: socket.socket, pids: list[int]) -> int | None:
